@@ -1,0 +1,237 @@
+"""The typed shape of ``params.yaml`` and the Hydra composition that produces it.
+
+``conf/`` holds the Hydra groups; DVC's Hydra integration (and ``make params``) composes them
+into ``params.yaml``, which stage modules read through :func:`load_params`. The dataclasses below
+are the schema: a key that is not in them stops the run with a :class:`ConfigError` naming it.
+Entries whose keys depend on a registry (post-processing variants, fingerprint methods, model
+architectures) are checked against the registered function's parameters instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ipguard.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ExperimentCfg:
+    name: str = "digits"
+    description: str = ""
+    budget: str = ""
+
+
+@dataclass
+class NormalizationCfg:
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class DatasetCfg:
+    name: str = "digits"
+    root: str | None = None
+    num_classes: int = 10
+    input_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    normalization: NormalizationCfg = field(default_factory=NormalizationCfg)
+    test_fraction: float = 0.2
+    other_fraction: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class TrainingCfg:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+
+
+@dataclass
+class ModelCfg:
+    """One model of the zoo (or the owner): how to make it and what it was trained on."""
+
+    arch: str = "cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str = "train"
+    path: str | None = None
+    data: str = "owner"
+    seed: int = 0
+    family: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ZooCfg:
+    models: dict[str, ModelCfg] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateCfg:
+    max_fpr: float = 0.01
+    batch_size: int = 512
+
+
+@dataclass
+class TrackingCfg:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment_prefix: str = "ipguard"
+
+
+@dataclass
+class RuntimeCfg:
+    device: str = "cpu"
+    threads: int = 0
+    deterministic: bool = True
+
+
+@dataclass
+class Params:
+    experiment: ExperimentCfg = field(default_factory=ExperimentCfg)
+    dataset: DatasetCfg = field(default_factory=DatasetCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    training: TrainingCfg = field(default_factory=TrainingCfg)
+    zoo: ZooCfg = field(default_factory=ZooCfg)
+    postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fingerprint: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    tracking: TrackingCfg = field(default_factory=TrackingCfg)
+    runtime: RuntimeCfg = field(default_factory=RuntimeCfg)
+
+    OWNER = "owner"
+
+    def model_spec(self, name: str) -> ModelCfg:
+        """The spec of the owner (``owner``) or of a zoo model, by name."""
+        if name == self.OWNER:
+            return self.model
+        if name not in self.zoo.models:
+            raise ConfigError(f"zoo.models: no model named '{name}'")
+        return self.zoo.models[name]
+
+    def training_for(self, name: str) -> TrainingCfg:
+        """The shared ``training`` settings with the model's own ``train`` overrides applied."""
+        spec = self.model_spec(name)
+        where = "model.train" if name == self.OWNER else f"zoo.models.{name}.train"
+        return merge_into(self.training, spec.train, where)
+
+
+def merge_into(base: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    """A copy of the dataclass ``base`` with ``overrides`` applied, unknown keys rejected."""
+    merged = OmegaConf.structured(base)
+    try:
+        merged.merge_with(OmegaConf.create(dict(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from exc
+    return OmegaConf.to_object(merged)
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    message = str(exc).splitlines()[0]
+    if "not in" in message and key:
+        return f"unknown config key '{key}'"
+    return f"{message} (key '{key}')" if key else message
+
+
+def params_from_dict(data: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a plain mapping against the schema; a bad key raises :class:`ConfigError`."""
+    schema = OmegaConf.structured(Params)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(dict(data)))
+        params = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+    assert isinstance(params, Params)
+    if Params.OWNER in params.zoo.models:
+        raise ConfigError(f"{source}: zoo.models may not hold a model named '{Params.OWNER}' (that is `model`)")
+    for section in ("postprocess", "fingerprint"):
+        for key, entry in getattr(params, section).items():
+            if "method" not in entry:
+                raise ConfigError(f"{source}: {section}.{key} lacks the key 'method'")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the project's root, or `make params`)")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be read as YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params_from_dict(data, str(path))
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config (or a part of one) as plain containers, for logging and metadata."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str, skip: int = 0) -> None:
+    """Reject keys that ``fn`` does not take, naming them and what it does take.
+
+    ``skip`` leading positional parameters (the model, the data) are not config keys.
+    """
+    parameters = list(inspect.signature(fn).parameters.values())[skip:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    names = {p.name for p in parameters}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown config key '{where}.{unknown[0]}' (allowed: {', '.join(sorted(names))})"
+        )
+    missing = [
+        p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing config key '{where}.{missing[0]}'")
+
+
+def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose ``conf/`` with Hydra exactly as DVC's Hydra integration does before a run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(config_dir.resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def compose_yaml(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> str:
+    """``params.yaml``'s text for the given overrides (byte for byte what DVC writes)."""
+    return OmegaConf.to_yaml(compose(overrides, config_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ipguard.config compose [OVERRIDE ...]`` prints the composed params."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "compose":
+        print("usage: python -m ipguard.config compose [OVERRIDE ...]", file=sys.stderr)
+        return 2
+    text = compose_yaml(argv[1:])
+    params_from_dict(OmegaConf.to_container(OmegaConf.create(text)), "composed config")
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

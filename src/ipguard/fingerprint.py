@@ -1,0 +1,185 @@
+"""Fingerprint generation methods (a name-keyed registry).
+
+A method returns points in pixel space and the owner's labels on them. ``ipguard`` is the
+method of Cao, Jia & Gong, "IPGuard: Protecting Intellectual Property of Deep Neural Networks via
+Fingerprinting the Classification Boundary" (AsiaCCS 2021, arXiv:1910.12903), §4.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ipguard.config import check_kwargs
+from ipguard.data import Split
+from ipguard.errors import ConfigError
+from ipguard.models import predict
+from ipguard.progress import bar
+
+
+@dataclass
+class FingerprintSet:
+    """Points, the owner's labels on them, and what generating them cost."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    converged: torch.Tensor | None = None
+    iterations: torch.Tensor | None = None
+    start_labels: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, float]:
+        """Generation cost: seconds, point-iterations, share of points that met the margin."""
+        out = {"n": float(self.labels.numel()), "seconds": self.seconds}
+        if self.iterations is not None:
+            out["point_iterations"] = float(self.iterations.sum())
+            out["mean_iterations"] = float(self.iterations.float().mean())
+            out["max_iterations"] = float(self.iterations.max())
+        if self.converged is not None:
+            out["converged_share"] = float(self.converged.float().mean())
+        return out | self.extra
+
+
+MethodFn = Callable[..., FingerprintSet]
+_METHODS: dict[str, MethodFn] = {}
+RESERVED_KEYS = ("method",)
+
+
+def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+    """Add a fingerprint method; it is called as ``fn(model, pool, input_shape, num_classes, **kwargs)``."""
+
+    def wrap(fn: MethodFn) -> MethodFn:
+        _METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def check_method(name: str, kwargs: Mapping[str, object], where: str = "fingerprint") -> MethodFn:
+    """The registered method ``name``, once its config keys are known to fit it."""
+    if name not in _METHODS:
+        raise ConfigError(f"{where}.method: unknown fingerprint method '{name}' (known: {', '.join(list_methods())})")
+    fn = _METHODS[name]
+    check_kwargs(fn, kwargs, where, skip=4)
+    return fn
+
+
+def generate(
+    name: str, model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, where: str = "fingerprint", **kwargs: object
+) -> FingerprintSet:
+    """Run method ``name`` after checking its config keys; times it."""
+    fn = check_method(name, kwargs, where)
+    model.eval()
+    start = time.perf_counter()
+    result = fn(model, pool, input_shape, num_classes, **kwargs)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def ipguard_loss(logits: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: float) -> torch.Tensor:
+    """Per-point IPGuard loss ReLU(g_i - g_j + k) + ReLU(max_{t≠i,j} g_t - g_i) on logits g."""
+    g_i = logits.gather(1, i[:, None]).squeeze(1)
+    g_j = logits.gather(1, j[:, None]).squeeze(1)
+    others = logits.scatter(1, i[:, None], float("-inf")).scatter(1, j[:, None], float("-inf"))
+    return torch.relu(g_i - g_j + k) + torch.relu(others.amax(1) - g_i)
+
+
+def _starts(pool: Split, n: int, input_shape: tuple[int, ...], start: str, gen: torch.Generator) -> torch.Tensor:
+    if start == "noise":
+        return torch.rand((n, *input_shape), generator=gen)
+    if start == "real":
+        if len(pool) == 0:
+            raise ConfigError("fingerprint.start=real needs real images, and the pool is empty")
+        idx = torch.randperm(len(pool), generator=gen)[:n]
+        if idx.numel() < n:
+            idx = torch.cat([idx, torch.randint(len(pool), (n - idx.numel(),), generator=gen)])
+        return pool.x[idx].clone().float()
+    raise ConfigError(f"fingerprint.start: must be 'noise' or 'real', got '{start}'")
+
+
+@register_method("ipguard")
+def ipguard(
+    model: nn.Module,
+    pool: Split,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    n: int = 100,
+    k: float = 10.0,
+    lr: float = 0.01,
+    max_iter: int = 1000,
+    start: str = "noise",
+    target: str = "random",
+    clamp: bool = True,
+    seed: int = 0,
+    batch_size: int = 0,
+) -> FingerprintSet:
+    """Points near the owner's boundary, found with Adam on the IPGuard loss (DESIGN §1).
+
+    From x0 (noise or a real image) with owner label i and target j (random among the others,
+    or least likely), minimise ReLU(g_i - g_j + k) + ReLU(max_{t≠i,j} g_t - g_i). At loss 0
+    the owner says j with i runner-up, k logits past the i/j boundary. All points run as one
+    batch; a point leaves the gradient work as soon as its loss is 0, and keeps its own Adam
+    moments (a per-point Adam, identical to ``torch.optim.Adam`` on that point alone).
+    ``clamp`` projects onto the valid pixel range [0, 1] after every step. ``batch_size`` > 0
+    caps how many points share one forward pass (memory); 0 means all at once.
+    """
+    if n < 1 or max_iter < 0 or lr <= 0 or k < 0:
+        raise ConfigError(f"fingerprint.ipguard: need n >= 1, max_iter >= 0, lr > 0, k >= 0 (got n={n}, max_iter={max_iter}, lr={lr}, k={k})")
+    if target not in {"random", "least_likely"}:
+        raise ConfigError(f"fingerprint.target: must be 'random' or 'least_likely', got '{target}'")
+    if num_classes < 3:
+        raise ConfigError("fingerprint.ipguard: needs at least 3 classes (a target and a runner-up besides)")
+    gen = torch.Generator().manual_seed(seed)
+    x = _starts(pool, n, input_shape, start, gen)
+    with torch.no_grad():
+        logits0 = torch.cat([model(x[s : s + 1024]) for s in range(0, n, 1024)])
+    i = logits0.argmax(1)
+    if target == "random":
+        j = (i + torch.randint(1, num_classes, (n,), generator=gen)) % num_classes
+    else:
+        j = logits0.argmin(1)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m = torch.zeros_like(x)
+    v = torch.zeros_like(x)
+    steps = torch.zeros(n, dtype=torch.int64)
+    done = torch.zeros(n, dtype=torch.bool)
+    chunk = batch_size if batch_size > 0 else n
+    for it in bar(range(max_iter + 1), desc="ipguard", unit="it"):
+        active = (~done).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        for s in range(0, active.numel(), chunk):
+            idx = active[s : s + chunk]
+            xa = x[idx].requires_grad_(True)
+            loss = ipguard_loss(model(xa), i[idx], j[idx], k)
+            reached = loss <= 0
+            done[idx[reached]] = True
+            # The last pass only checks the loss: a point takes at most max_iter steps.
+            if it == max_iter:
+                continue
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            move = idx[~reached]
+            g = grad[~reached]
+            with torch.no_grad():
+                steps[move] += 1
+                t = steps[move].to(x.dtype).view(-1, *([1] * len(input_shape)))
+                m[move] = beta1 * m[move] + (1 - beta1) * g
+                v[move] = beta2 * v[move] + (1 - beta2) * g * g
+                m_hat = m[move] / (1 - beta1**t)
+                v_hat = v[move] / (1 - beta2**t)
+                x_new = x[move] - lr * m_hat / (v_hat.sqrt() + eps)
+                x[move] = x_new.clamp(0.0, 1.0) if clamp else x_new
+    labels = predict(model, x)
+    return FingerprintSet(
+        inputs=x.detach(), labels=labels, converged=done.clone(), iterations=steps, start_labels=i, targets=j
+    )

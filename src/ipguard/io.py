@@ -1,0 +1,191 @@
+"""Files: model weights with their JSON sidecar, fingerprint sets, prepared data splits.
+
+Every writer here writes to a temporary name in the target folder and renames it into place, so
+that an interrupted or failed run leaves either the old file or the new one, never half of one.
+Readers never unpickle: safetensors, JSON, and ``torch.load(weights_only=True)`` for foreign
+state dicts (see :mod:`ipguard.foreign`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ipguard.errors import FingerprintFileError, IpguardError, ModelFileError
+
+MODEL_FORMAT = "ipguard-model/1"
+FINGERPRINT_FORMAT = "ipguard-fingerprint/1"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically, keys sorted, so that equal objects give equal bytes."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sidecar_path(weights: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar that belongs to a model weights file."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_model_file(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Write ``path`` (safetensors) and its sidecar; returns the sidecar as written.
+
+    ``meta`` holds what is needed to rebuild the model (architecture, its arguments, class count,
+    input shape, normalisation, storage) and what describes it (lineage, params, accuracy).
+    The sidecar records the weights' sha256 so that a reader can tell a mismatched pair.
+    """
+    path = Path(path)
+    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    with atomic_path(path) as tmp_weights:
+        save_file(contiguous, str(tmp_weights), metadata={"format": MODEL_FORMAT})
+        sidecar = dict(meta, format=MODEL_FORMAT, sha256=sha256_file(tmp_weights))
+        write_json(sidecar_path(path), sidecar)
+    return sidecar
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the sidecar of a project model file."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise ModelFileError(f"{side}: model sidecar not found (expected beside {path})")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{side}: not a readable JSON sidecar ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{side}: not an ipguard model sidecar (format != {MODEL_FORMAT})")
+    for key in ("arch", "num_classes", "input_shape", "normalization", "sha256"):
+        if key not in meta:
+            raise ModelFileError(f"{side}: sidecar lacks the key '{key}'")
+    return meta
+
+
+def read_safetensors(path: str | os.PathLike[str], error: type[IpguardError]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning every failure into ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a project model file: its tensors and its checked sidecar."""
+    meta = read_sidecar(path)
+    if not Path(path).is_file():
+        raise ModelFileError(f"{path}: file not found")
+    actual = sha256_file(path)
+    if actual != meta["sha256"]:
+        raise ModelFileError(
+            f"{path}: sha256 {actual[:12]}… does not match its sidecar ({meta['sha256'][:12]}…)"
+        )
+    return read_safetensors(path, ModelFileError), meta
+
+
+def save_fingerprint_file(
+    path: str | os.PathLike[str], inputs: torch.Tensor, labels: torch.Tensor, meta: Mapping[str, Any]
+) -> str:
+    """Write a fingerprint set; returns the file's sha256.
+
+    ``meta`` (method config, seed, owner sha256, dataset, calibration, ...) is stored as JSON in
+    the safetensors header, so the file stands alone. The sha256 of the whole file is what
+    reports and verdicts quote.
+    """
+    if inputs.shape[0] != labels.shape[0]:
+        raise ValueError("inputs and labels differ in length")
+    tensors = {
+        "inputs": inputs.detach().to(torch.float32).contiguous().cpu(),
+        "labels": labels.detach().to(torch.int64).contiguous().cpu(),
+    }
+    header = {"format": FINGERPRINT_FORMAT, "meta": json.dumps(dict(meta), sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+        digest = sha256_file(tmp)
+    return digest
+
+
+def load_fingerprint_file(
+    path: str | os.PathLike[str], expected_sha256: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Read and check a fingerprint set: inputs, labels and its metadata (with ``sha256`` added)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = read_safetensors(path, FingerprintFileError)
+    digest = sha256_file(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise FingerprintFileError(f"{path}: sha256 {digest[:12]}… is not the expected {expected_sha256[:12]}…")
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if header.get("format") != FINGERPRINT_FORMAT:
+        raise FingerprintFileError(f"{path}: not an ipguard fingerprint file (format != {FINGERPRINT_FORMAT})")
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except json.JSONDecodeError as exc:
+        raise FingerprintFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if set(tensors) != {"inputs", "labels"}:
+        raise FingerprintFileError(f"{path}: expected tensors 'inputs' and 'labels', found {sorted(tensors)}")
+    inputs, labels = tensors["inputs"], tensors["labels"]
+    if inputs.dtype != torch.float32 or labels.dtype != torch.int64:
+        raise FingerprintFileError(f"{path}: inputs must be float32 and labels int64")
+    if inputs.ndim != 4 or labels.ndim != 1 or inputs.shape[0] != labels.shape[0] or labels.numel() == 0:
+        raise FingerprintFileError(
+            f"{path}: inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not form a fingerprint set"
+        )
+    meta["sha256"] = digest
+    return inputs, labels, meta
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write plain tensors (prepared data) atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read plain tensors written by :func:`save_tensors`."""
+    return read_safetensors(path, IpguardError)

@@ -1,0 +1,223 @@
+"""Architectures (a name-keyed registry, as timm's ``create_model``) and the pixel-space wrapper.
+
+Every model in the project takes pixels in [0, 1] shaped (N, C, H, W) and returns float32
+logits: input normalisation is part of the model (:class:`PixelModel`) and is recorded in its
+sidecar, so that a fingerprint stored in pixel space works against any suspect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ipguard.config import check_kwargs
+from ipguard.errors import ConfigError, ModelFileError
+
+ArchFn = Callable[..., nn.Module]
+_ARCHS: dict[str, ArchFn] = {}
+
+
+def register_arch(name: str) -> Callable[[ArchFn], ArchFn]:
+    """Add an architecture under ``name``; it is called as ``fn(num_classes, input_shape, **kwargs)``."""
+
+    def wrap(fn: ArchFn) -> ArchFn:
+        _ARCHS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_archs() -> list[str]:
+    return sorted(_ARCHS)
+
+
+def create_model(
+    name: str, num_classes: int, input_shape: Sequence[int], where: str = "arch", **kwargs: Any
+) -> nn.Module:
+    """Build architecture ``name`` with fresh weights (seed torch's generator first)."""
+    if name not in _ARCHS:
+        raise ConfigError(f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())})")
+    fn = _ARCHS[name]
+    check_kwargs(fn, kwargs, where.rsplit(".", 1)[0] + ".kwargs" if "." in where else "kwargs", skip=2)
+    return fn(num_classes, tuple(input_shape), **kwargs)
+
+
+class ClassifierNet(nn.Module):
+    """A network whose last layer is the linear ``classifier`` (what FTLL/RTLL touch)."""
+
+    classifier: nn.Linear
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+
+def get_classifier(net: nn.Module) -> nn.Module:
+    """The last (classification) layer of a network: ours, or timm's ``get_classifier()``."""
+    getter = getattr(net, "get_classifier", None)
+    if getter is None:
+        raise ValueError(f"{type(net).__name__} has no get_classifier(); cannot find its last layer")
+    return getter()
+
+
+class _Sequential(ClassifierNet):
+    def __init__(self, features: nn.Module, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_arch("mlp")
+def mlp(num_classes: int, input_shape: tuple[int, ...], hidden: Sequence[int] = (128, 64)) -> nn.Module:
+    """A multi-layer perceptron on the flattened image."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    return _Sequential(nn.Sequential(*layers), width, num_classes)
+
+
+@register_arch("cnn")
+def cnn(
+    num_classes: int, input_shape: tuple[int, ...], channels: Sequence[int] = (16, 32), hidden: int = 64
+) -> nn.Module:
+    """Same-padded 3×3 convolutions, one 2×2 max-pool at the end, one hidden dense layer."""
+    c, h, w = input_shape
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+        c = out
+    layers += [nn.MaxPool2d(2), nn.Flatten(), nn.Linear(c * (h // 2) * (w // 2), hidden), nn.ReLU()]
+    return _Sequential(nn.Sequential(*layers), hidden, num_classes)
+
+
+@register_arch("lenet")
+def lenet(
+    num_classes: int, input_shape: tuple[int, ...], channels: Sequence[int] = (6, 16), hidden: Sequence[int] = (120, 84)
+) -> nn.Module:
+    """LeNet-5's shape (conv, pool, conv, pool, two dense layers), padded to fit small images."""
+    c, h, w = input_shape
+    layers: list[nn.Module] = []
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = out, h // 2, w // 2
+    layers.append(nn.Flatten())
+    width = c * h * w
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU()]
+        width = units
+    return _Sequential(nn.Sequential(*layers), width, num_classes)
+
+
+class PixelModel(nn.Module):
+    """Pixels in [0, 1] → normalise → network → float32 logits.
+
+    ``storage`` says how the weights are kept on disk and computed with: ``float32``,
+    ``float16`` (weights and arithmetic in half precision) or ``int8`` (weights quantized per
+    output channel, see :mod:`ipguard.postprocess`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        storage: str = "float32",
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.storage = storage
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        return self.net(z.to(self.compute_dtype)).float()
+
+
+def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:
+    """The tensors to store for ``model``, packed as its ``storage`` says."""
+    state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    if model.storage == "int8":
+        from ipguard.postprocess import pack_int8
+
+        return pack_int8(state)
+    return state
+
+
+def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | None = None, source: str = "model") -> PixelModel:
+    """Rebuild a :class:`PixelModel` from a sidecar (and load ``tensors`` into it if given)."""
+    try:
+        net = create_model(
+            meta["arch"], int(meta["num_classes"]), meta["input_shape"], where=f"{source}: arch", **meta.get("arch_kwargs", {})
+        )
+    except ConfigError as exc:
+        raise ModelFileError(str(exc)) from exc
+    norm = meta["normalization"]
+    storage = meta.get("storage", "float32")
+    model = PixelModel(net, norm["mean"], norm["std"], storage=storage)
+    if storage == "float16":
+        model.net.half()
+    if tensors is not None:
+        state = dict(tensors)
+        if storage == "int8":
+            from ipguard.postprocess import unpack_int8
+
+            state = unpack_int8(state)
+        try:
+            model.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelFileError(f"{source}: weights do not fit architecture '{meta['arch']}' ({first})") from exc
+    model.eval()
+    return model
+
+
+def load_model(path: str) -> tuple[PixelModel, dict[str, Any]]:
+    """Load a project model file (safetensors + sidecar) as a ready-to-run :class:`PixelModel`."""
+    from ipguard.io import load_model_file
+
+    tensors, meta = load_model_file(path)
+    return build_model(meta, tensors, source=str(path)), meta
+
+
+def model_meta(
+    model: PixelModel, arch: str, arch_kwargs: Mapping[str, Any], num_classes: int, input_shape: Sequence[int], **extra: Any
+) -> dict[str, Any]:
+    """The sidecar fields needed to rebuild ``model``, plus ``extra`` descriptive fields."""
+    return {
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "num_classes": int(num_classes),
+        "input_shape": [int(s) for s in input_shape],
+        "normalization": {
+            "mean": [float(v) for v in model.mean.flatten()],
+            "std": [float(v) for v in model.std.flatten()],
+        },
+        "storage": model.storage,
+        **extra,
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Labels of ``x`` under ``model``, in batches."""
+    model.eval()
+    out = [model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Share of ``x`` that ``model`` labels as ``y``."""
+    return float((predict(model, x, batch_size) == y).float().mean())

@@ -1,0 +1,194 @@
+"""Post-processing: the ways a thief may alter a stolen model (positive suspects).
+
+Each method is a registry entry ``fn(model, data, seed, **kwargs) -> PixelModel`` that returns a
+new model and leaves its input untouched. Fine-tuning follows Adi et al., "Turning your weakness
+into a strength: watermarking deep neural networks by backdooring" (USENIX Security 2018):
+FTLL, FTAL, RTLL, RTAL. Pruning and quantization follow the post-processing of IPGuard (Cao, Jia
+& Gong, AsiaCCS 2021, §5).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ipguard.config import TrainingCfg, check_kwargs
+from ipguard.data import Split
+from ipguard.errors import ConfigError
+from ipguard.models import PixelModel, get_classifier
+from ipguard.training import train
+
+PostFn = Callable[..., PixelModel]
+_METHODS: dict[str, PostFn] = {}
+RESERVED_KEYS = ("method", "family", "data", "seed")
+
+
+def register_postprocess(name: str) -> Callable[[PostFn], PostFn]:
+    """Add a post-processing method under ``name``."""
+
+    def wrap(fn: PostFn) -> PostFn:
+        _METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_postprocess() -> list[str]:
+    return sorted(_METHODS)
+
+
+def check_postprocess(name: str, kwargs: Mapping[str, object], where: str = "postprocess") -> PostFn:
+    """The registered method ``name``, once its config keys are known to fit it."""
+    if name not in _METHODS:
+        raise ConfigError(f"{where}.method: unknown post-processing '{name}' (known: {', '.join(list_postprocess())})")
+    fn = _METHODS[name]
+    check_kwargs(fn, kwargs, where, skip=3)
+    return fn
+
+
+def apply_postprocess(name: str, model: PixelModel, data: Split, seed: int, where: str = "postprocess", **kwargs: object) -> PixelModel:
+    """Run method ``name`` on a copy of ``model``, after checking its keys."""
+    return check_postprocess(name, kwargs, where)(model, data, seed, **kwargs)
+
+
+def _finetune(
+    model: PixelModel,
+    data: Split,
+    seed: int,
+    *,
+    last_layer_only: bool,
+    reinit_last: bool,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str,
+    desc: str,
+) -> PixelModel:
+    out = copy.deepcopy(model)
+    head = get_classifier(out.net)
+    if reinit_last:
+        torch.manual_seed(seed)
+        for module in head.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule="constant")
+    train(out, data.x, data.y, cfg, seed, parameters=list(head.parameters()) if last_layer_only else None, desc=desc)
+    return out
+
+
+@register_postprocess("ftll")
+def ftll(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+    """Fine-tune the last layer only (Adi et al. 2018, FTLL)."""
+    return _finetune(model, data, seed, last_layer_only=True, reinit_last=False, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="ftll")
+
+
+@register_postprocess("ftal")
+def ftal(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+    """Fine-tune all layers (Adi et al. 2018, FTAL)."""
+    return _finetune(model, data, seed, last_layer_only=False, reinit_last=False, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="ftal")
+
+
+@register_postprocess("rtll")
+def rtll(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+    """Re-initialise the last layer and train only it (Adi et al. 2018, RTLL)."""
+    return _finetune(model, data, seed, last_layer_only=True, reinit_last=True, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="rtll")
+
+
+@register_postprocess("rtal")
+def rtal(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+    """Re-initialise the last layer, then train all layers (Adi et al. 2018, RTAL)."""
+    return _finetune(model, data, seed, last_layer_only=False, reinit_last=True, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="rtal")
+
+
+def prunable(net: nn.Module) -> list[torch.Tensor]:
+    """The weight tensors that pruning and quantization act on: convolution and linear weights."""
+    return [m.weight for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+
+
+@register_postprocess("prune")
+def prune(model: PixelModel, data: Split, seed: int, amount: float = 0.5, scope: str = "global") -> PixelModel:
+    """Magnitude pruning: zero the ``amount`` share of weights with the smallest absolute value.
+
+    ``scope="global"`` ranks all convolution and linear weights together (IPGuard §5: "prune the
+    c% parameters with the smallest absolute values"); ``"layer"`` prunes each layer by the same
+    share. Biases are kept. Exactly ``round(amount × count)`` weights become zero, ties broken
+    by position, so the share asked for is the share removed.
+    """
+    if not 0.0 <= amount < 1.0:
+        raise ConfigError(f"prune.amount: must lie in [0, 1), got {amount}")
+    if scope not in {"global", "layer"}:
+        raise ConfigError(f"prune.scope: must be 'global' or 'layer', got '{scope}'")
+    out = copy.deepcopy(model)
+    weights = prunable(out.net)
+    groups = [weights] if scope == "global" else [[w] for w in weights]
+    with torch.no_grad():
+        for group in groups:
+            flat = torch.cat([w.detach().abs().flatten() for w in group])
+            k = int(round(amount * flat.numel()))
+            mask = torch.ones_like(flat, dtype=torch.bool)
+            mask[torch.argsort(flat, stable=True)[:k]] = False
+            offset = 0
+            for w in group:
+                n = w.numel()
+                w.mul_(mask[offset : offset + n].view_as(w).to(w.dtype))
+                offset += n
+    return out
+
+
+def _int8_scale(w: torch.Tensor) -> torch.Tensor:
+    amax = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)
+    return (amax / 127.0).to(torch.float32)
+
+
+def pack_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-output-channel symmetric int8 for every weight with 2+ dimensions; other tensors as they are."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.endswith("weight") and t.ndim >= 2 and t.is_floating_point():
+            scale = _int8_scale(t)
+            shape = (-1,) + (1,) * (t.ndim - 1)
+            out[key] = torch.round(t.float() / scale.view(shape)).clamp_(-127, 127).to(torch.int8)
+            out[key + ".int8_scale"] = scale
+        else:
+            out[key] = t
+    return out
+
+
+def unpack_int8(packed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_int8`: dequantized float32 weights."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in packed.items():
+        if key.endswith(".int8_scale"):
+            continue
+        if t.dtype == torch.int8:
+            scale = packed[key + ".int8_scale"]
+            out[key] = t.float() * scale.view((-1,) + (1,) * (t.ndim - 1))
+        else:
+            out[key] = t
+    return out
+
+
+@register_postprocess("quantize_int8")
+def quantize_int8(model: PixelModel, data: Split, seed: int) -> PixelModel:
+    """Post-training weight quantization to int8 (per output channel, symmetric).
+
+    The model computes with the dequantized weights, so its outputs are those of the int8
+    weights it is stored with; activations stay in float32.
+    """
+    out = copy.deepcopy(model)
+    packed = pack_int8(out.net.state_dict())
+    out.net.load_state_dict(unpack_int8(packed))
+    out.storage = "int8"
+    return out
+
+
+@register_postprocess("float16")
+def float16(model: PixelModel, data: Split, seed: int) -> PixelModel:
+    """Half precision: weights stored and arithmetic done in float16."""
+    out = copy.deepcopy(model)
+    out.net.half()
+    out.storage = "float16"
+    return out

@@ -1,0 +1,82 @@
+"""What every stage shares: where things live, the entry-point wrapper, model loading by name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ipguard.config import Params, RuntimeCfg, load_params
+from ipguard.data import SPLITS, Split
+from ipguard.errors import IpguardError
+from ipguard.io import load_tensors
+from ipguard.models import PixelModel, load_model
+
+PREPARED = Path("data/prepared")
+ZOO = Path("models/zoo")
+VARIANTS = Path("models/variants")
+FINGERPRINTS = Path("fingerprints")
+REPORTS = Path("reports")
+
+
+def split_path(name: str) -> Path:
+    return PREPARED / f"{name}.safetensors"
+
+
+def zoo_path(name: str) -> Path:
+    return ZOO / f"{name}.safetensors"
+
+
+def variant_path(name: str) -> Path:
+    return VARIANTS / f"{name}.safetensors"
+
+
+def fingerprint_path(name: str) -> Path:
+    return FINGERPRINTS / f"{name}.safetensors"
+
+
+def reports_dir(params: Params) -> Path:
+    return REPORTS / params.experiment.name
+
+
+def load_split(name: str) -> Split:
+    """A prepared split (``owner``, ``other`` or ``test``)."""
+    if name not in SPLITS:
+        raise IpguardError(f"data: unknown split '{name}' (known: {', '.join(SPLITS)})")
+    tensors = load_tensors(split_path(name))
+    return Split(tensors["x"], tensors["y"])
+
+
+def load_zoo_model(name: str) -> tuple[PixelModel, dict]:
+    return load_model(str(zoo_path(name)))
+
+
+def setup_runtime(cfg: RuntimeCfg) -> None:
+    """Threads and determinism: same config and seed give the same bytes on CPU."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    # CPU kernels are deterministic for a fixed thread count already; the switch matters on
+    # CUDA only, and turning it on imports torch's compiler stack (~1.7 s per stage).
+    if cfg.deterministic and cfg.device.startswith("cuda"):
+        torch.use_deterministic_algorithms(True)
+
+
+def run_stage(description: str, body: Callable[[Params, str | None], None], takes_key: bool = False) -> None:
+    """Parse ``[KEY] [--params PATH]``, load params, run ``body``; bad input exits 2 with one line."""
+    parser = argparse.ArgumentParser(description=description)
+    if takes_key:
+        parser.add_argument("key", help="which entry of the stage's foreach list to run")
+    parser.add_argument("--params", default="params.yaml", help="the composed config (default: params.yaml)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        params = load_params(args.params)
+        setup_runtime(params.runtime)
+        body(params, getattr(args, "key", None))
+    except IpguardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,68 @@
+"""Stage ``match``: the matching rate of every suspect on every fingerprint set.
+
+Suspects are the owner, the independent models of the zoo (negatives) and the post-processed
+copies (positives). Reads ``zoo``, ``postprocess``, ``fingerprint`` (which entries exist) and
+``evaluate.batch_size``; writes ``reports/<experiment>/matching_rates.csv``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from ipguard.config import Params
+from ipguard.io import load_fingerprint_file, write_text
+from ipguard.models import load_model
+from ipguard.stages.common import fingerprint_path, reports_dir, run_stage, variant_path, zoo_path
+from ipguard.tracking import stage_run
+from ipguard.verify import match
+
+KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
+
+
+def suspects(params: Params) -> list[tuple[str, str]]:
+    """(name, path) of every suspect: owner first, then independents, then variants."""
+    out = [(Params.OWNER, str(zoo_path(Params.OWNER)))]
+    out += [(name, str(zoo_path(name))) for name in params.zoo.models]
+    out += [(name, str(variant_path(name))) for name in params.postprocess]
+    return out
+
+
+def match_all(params: Params, key: str | None = None) -> None:
+    sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
+    rows = []
+    for name, path in suspects(params):
+        model, meta = load_model(path)
+        for method, (inputs, labels, fmeta) in sets.items():
+            result = match(model, inputs, labels, params.evaluate.batch_size)
+            rows.append({
+                "method": method,
+                "suspect": name,
+                "kind": KIND[meta["role"]],
+                "family": meta["family"],
+                "arch": meta["arch"],
+                "storage": meta["storage"],
+                "lineage": meta["lineage"],
+                "test_accuracy": meta["test_accuracy"],
+                "matches": result.matches,
+                "n": result.n,
+                "matching_rate": result.matching_rate,
+                "fingerprint_sha256": fmeta["sha256"],
+            })
+    table = pd.DataFrame(rows)
+    out = reports_dir(params) / "matching_rates.csv"
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False, float_format="%.6f", lineterminator="\n")
+    write_text(out, buffer.getvalue())
+    with stage_run(params.tracking, params.experiment.name, "match", {"stage": "match"}) as run:
+        run.log_params({"suspects": len(table["suspect"].unique()), "methods": ",".join(sets)})
+        run.log_artifact(out)
+
+
+def main() -> None:
+    run_stage(__doc__ or "", match_all)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Stage ``prepare``: the dataset's seeded owner / other / test splits. Reads ``dataset``."""
+
+from __future__ import annotations
+
+from ipguard.config import Params, to_dict
+from ipguard.data import load_dataset, split
+from ipguard.io import save_tensors
+from ipguard.stages.common import run_stage, split_path
+from ipguard.tracking import stage_run
+
+
+def prepare(params: Params, key: str | None = None) -> None:
+    cfg = params.dataset
+    x, y = load_dataset(cfg.name, cfg.root)
+    parts = split(x, y, cfg.test_fraction, cfg.other_fraction, cfg.seed)
+    for name, part in parts.items():
+        save_tensors(split_path(name), {"x": part.x, "y": part.y})
+    with stage_run(params.tracking, params.experiment.name, "prepare", {"stage": "prepare"}) as run:
+        run.log_params({"dataset": to_dict(cfg)})
+        run.log_metrics({f"size.{name}": len(part) for name, part in parts.items()})
+
+
+def main() -> None:
+    run_stage(__doc__ or "", prepare)
+
+
+if __name__ == "__main__":
+    main()

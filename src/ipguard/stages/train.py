@@ -1,0 +1,59 @@
+"""Stage ``train``: one model of the zoo (``owner`` or a ``zoo.models`` key).
+
+Reads ``dataset``, ``training`` and the model's own entry (``model`` for the owner).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ipguard.config import Params, to_dict
+from ipguard.errors import ConfigError
+from ipguard.io import save_model_file
+from ipguard.models import PixelModel, accuracy, build_model, create_model, model_meta, model_tensors
+from ipguard.stages.common import load_split, run_stage, zoo_path
+from ipguard.tracking import stage_run
+from ipguard.training import train
+
+
+def train_model(params: Params, name: str | None) -> None:
+    assert name is not None
+    spec = params.model_spec(name)
+    where = "model" if name == Params.OWNER else f"zoo.models.{name}"
+    if spec.source != "train":
+        raise ConfigError(f"{where}.source: '{spec.source}' is not supported for this experiment yet (only 'train')")
+    ds = params.dataset
+    tcfg = params.training_for(name)
+    data, test = load_split(spec.data), load_split("test")
+    torch.manual_seed(spec.seed)
+    net = create_model(spec.arch, ds.num_classes, ds.input_shape, where=f"{where}.arch", **spec.kwargs)
+    model = PixelModel(net, ds.normalization.mean, ds.normalization.std)
+    start = time.perf_counter()
+    history = train(model, data.x, data.y, tcfg, seed=spec.seed, desc=f"train {name}")
+    seconds = time.perf_counter() - start
+    role = "owner" if name == Params.OWNER else "independent"
+    meta = model_meta(
+        model, spec.arch, spec.kwargs, ds.num_classes, ds.input_shape,
+        name=name, role=role, family=spec.family or f"{spec.arch}/{spec.data}", lineage=name,
+        dataset=ds.name, train_split=spec.data, params={"model": to_dict(spec), "training": to_dict(tcfg)},
+    )
+    # Accuracy of the model as stored (what every later stage loads), not of the one in memory.
+    stored = build_model(meta, model_tensors(model))
+    meta["test_accuracy"] = accuracy(stored, test.x, test.y)
+    meta["final_train_loss"] = history[-1] if history else None
+    save_model_file(zoo_path(name), model_tensors(model), meta)
+    with stage_run(params.tracking, params.experiment.name, f"train:{name}", {"stage": "train", "key": name}) as run:
+        run.log_params({"model": to_dict(spec), "training": to_dict(tcfg), "role": role})
+        run.log_history("train_loss", history)
+        run.log_metrics({"test_accuracy": meta["test_accuracy"], "train_seconds": seconds})
+        run.log_artifact(zoo_path(name).with_suffix(".json"))
+
+
+def main() -> None:
+    run_stage(__doc__ or "", train_model, takes_key=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Post-processors do what their names say, and only that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ipguard.errors import ConfigError
+from ipguard.io import load_model_file, save_model_file
+from ipguard.models import accuracy, build_model, load_model, model_tensors
+from ipguard.postprocess import apply_postprocess, prunable
+from ipguard.stages.common import load_split
+
+
+def _owner() -> torch.nn.Module:
+    return load_model("models/zoo/owner.safetensors")[0]
+
+
+def _changed(a: torch.nn.Module, b: torch.nn.Module) -> set[str]:
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    return {k for k in sa if not torch.equal(sa[k].float(), sb[k].float())}
+
+
+@pytest.mark.parametrize(("method", "only_head"), [("ftll", True), ("rtll", True), ("ftal", False), ("rtal", False)])
+def test_finetuning_touches_the_right_layers(in_workspace: Path, method: str, only_head: bool) -> None:
+    owner = _owner()
+    before = {k: v.clone() for k, v in owner.net.state_dict().items()}
+    variant = apply_postprocess(method, owner, load_split("owner"), seed=0, epochs=2, lr=1e-3)
+    changed = _changed(owner, variant)
+    head = {"classifier.weight", "classifier.bias"}
+    assert all(torch.equal(before[k], v) for k, v in owner.net.state_dict().items()), "the input model must not change"
+    if only_head:
+        assert changed == head
+    else:
+        assert head <= changed and len(changed) > len(head)
+
+
+@pytest.mark.parametrize("amount", [0.1, 0.5, 0.9])
+def test_pruning_removes_the_asked_share(in_workspace: Path, amount: float) -> None:
+    owner = _owner()
+    weights = prunable(owner.net)
+    total = sum(w.numel() for w in weights)
+    zeros_before = sum(int((w == 0).sum()) for w in weights)
+    pruned = apply_postprocess("prune", owner, load_split("owner"), seed=0, amount=amount)
+    zeros = sum(int((w == 0).sum()) for w in prunable(pruned.net))
+    assert zeros_before == 0
+    assert zeros == round(amount * total)
+    # The survivors are the largest weights, and biases are untouched.
+    kept = torch.cat([w.flatten() for w in prunable(pruned.net)])
+    orig = torch.cat([w.flatten() for w in weights])
+    assert orig[kept == 0].abs().max() <= orig[kept != 0].abs().min()
+    for name, p in pruned.net.named_parameters():
+        if name.endswith("bias"):
+            assert torch.equal(p, dict(owner.net.named_parameters())[name])
+
+
+def test_layerwise_pruning_prunes_each_layer(in_workspace: Path) -> None:
+    pruned = apply_postprocess("prune", _owner(), load_split("owner"), seed=0, amount=0.5, scope="layer")
+    for w in prunable(pruned.net):
+        assert int((w == 0).sum()) == round(0.5 * w.numel())
+
+
+def test_int8_quantization_runs_and_keeps_accuracy(in_workspace: Path, tmp_path: Path) -> None:
+    owner, meta = load_model("models/zoo/owner.safetensors")
+    test = load_split("test")
+    q = apply_postprocess("quantize_int8", owner, load_split("owner"), seed=0)
+    assert q.storage == "int8"
+    acc_owner, acc_q = accuracy(owner, test.x, test.y), accuracy(q, test.x, test.y)
+    assert abs(acc_owner - acc_q) <= 0.03
+    # Stored as int8 on disk, and what loads back predicts exactly as the model in memory.
+    path = tmp_path / "int8.safetensors"
+    qmeta = dict(meta, storage="int8")
+    qmeta.pop("sha256")
+    save_model_file(path, model_tensors(q), qmeta)
+    tensors, _ = load_model_file(path)
+    assert tensors["classifier.weight"].dtype == torch.int8
+    loaded, _ = load_model(str(path))
+    assert torch.equal(loaded(test.x).argmax(1), build_model(qmeta, model_tensors(q))(test.x).argmax(1))
+    assert abs(accuracy(loaded, test.x, test.y) - acc_q) <= 0.003
+
+
+def test_float16_computes_in_half_precision(in_workspace: Path) -> None:
+    owner = _owner()
+    test = load_split("test")
+    half = apply_postprocess("float16", owner, load_split("owner"), seed=0)
+    assert all(p.dtype == torch.float16 for p in half.net.parameters())
+    out = half(test.x[:4])
+    assert out.dtype == torch.float32
+    assert abs(accuracy(owner, test.x, test.y) - accuracy(half, test.x, test.y)) <= 0.03
+
+
+def test_unknown_postprocess_is_named(in_workspace: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown post-processing 'shrink'"):
+        apply_postprocess("shrink", _owner(), load_split("owner"), seed=0)
+    with pytest.raises(ConfigError, match="prune.amount"):
+        apply_postprocess("prune", _owner(), load_split("owner"), seed=0, amount=1.5)
