@@ -23,17 +23,21 @@ SHARED = ROOT.parent / "shared"
 
 TINY_ZOO = ("cnn_s1_owner", "mlp_s5_other", "lenet_s2_owner")
 TINY_VARIANTS = ("ftll", "rtal", "prune_50", "int8", "float16")
+TINY_METHODS = ("ipguard", "pgd", "akh")
 
 
 def shrink(cfg: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
-    """The default experiment cut down to seconds: 3 negatives, 5 positives, 30 points."""
+    """The default experiment cut down to seconds: 3 negatives, 5 positives, 3 methods, 30 points."""
     cfg["training"]["epochs"] = 8
     cfg["zoo"]["models"] = {k: cfg["zoo"]["models"][k] for k in TINY_ZOO}
     cfg["postprocess"] = {k: cfg["postprocess"][k] for k in TINY_VARIANTS}
     for key in ("ftll", "rtal"):
         cfg["postprocess"][key]["epochs"] = 3
-    cfg["fingerprint"]["ipguard"]["n"] = 30
+    cfg["fingerprint"] = {k: cfg["fingerprint"][k] for k in TINY_METHODS}
+    for entry in cfg["fingerprint"].values():
+        entry["n"] = 30
     cfg["fingerprint"]["ipguard"]["max_iter"] = 200
+    cfg["effects"] = {"method": "ipguard", "k": [0.3, 3.0], "n": [10, 20]}
     cfg["experiment"]["name"] = "tiny"
     cfg["tracking"]["uri"] = tracking_uri
     return cfg
@@ -64,6 +68,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]
     import copy
 
     from ipguard.config import params_from_dict
+    from ipguard.stages.effects import effects
     from ipguard.stages.evaluate import evaluate
     from ipguard.stages.fingerprint import fingerprint
     from ipguard.stages.match import match_all
@@ -88,6 +93,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]
             fingerprint(params, key)
         match_all(params)
         evaluate(params)
+        effects(params)
     finally:
         os.chdir(old)
     return root

@@ -17,7 +17,7 @@ from ipguard.verify import match
 
 def test_owner_matches_its_own_fingerprints(in_workspace: Path) -> None:
     owner, _ = load_model("models/zoo/owner.safetensors")
-    inputs, labels, meta = load_fingerprint_file("fingerprints/ipguard.safetensors")
+    inputs, labels, meta = load_fingerprint_file("fingerprints/raw/ipguard.safetensors")
     assert meta["owner_sha256"] == load_model("models/zoo/owner.safetensors")[1]["sha256"]
     assert match(owner, inputs, labels).matching_rate == 1.0
     assert inputs.min() >= 0.0 and inputs.max() <= 1.0

@@ -48,7 +48,7 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
-    stages = {"prepare", "train_owner", "match", "evaluate"}
+    stages = {"prepare", "train_owner", "match", "evaluate", "effects"}
     stages |= {f"train@{k}" for k in params["zoo"]["models"]} | {f"postprocess@{k}" for k in params["postprocess"]}
     stages |= {f"fingerprint@{k}" for k in params["fingerprint"]}
     for stage in stages:

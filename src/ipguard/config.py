@@ -82,7 +82,15 @@ class ZooCfg:
 @dataclass
 class EvaluateCfg:
     max_fpr: float = 0.01
+    level: float = 0.01
     batch_size: int = 512
+
+
+@dataclass
+class EffectsCfg:
+    method: str = "ipguard"
+    k: list[float] = field(default_factory=lambda: [0.0, 0.3, 1.0, 3.0, 10.0])
+    n: list[int] = field(default_factory=lambda: [10, 25, 50, 100])
 
 
 @dataclass
@@ -109,6 +117,7 @@ class Params:
     postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprint: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    effects: EffectsCfg = field(default_factory=EffectsCfg)
     tracking: TrackingCfg = field(default_factory=TrackingCfg)
     runtime: RuntimeCfg = field(default_factory=RuntimeCfg)
 

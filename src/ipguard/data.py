@@ -79,3 +79,29 @@ def split(
         "owner": order[n_test + n_other :],
     }
     return {name: Split(x[idx].contiguous(), y[idx].contiguous()) for name, idx in parts.items()}
+
+
+def image_folder(root: str, input_shape: tuple[int, ...], limit: int | None = None, seed: int = 0) -> Split:
+    """An ImageFolder tree (``root/<class>/<image>``) as pixels in [0, 1] of ``input_shape``.
+
+    Images are resized (shorter side) and centre-cropped to the input size; class indices follow
+    the sorted folder names. ``limit`` keeps a seeded random subset.
+    """
+    from pathlib import Path
+
+    from torchvision import datasets, transforms
+
+    if not Path(root).is_dir():
+        raise ConfigError(f"{root}: not a folder of class sub-folders (ImageFolder)")
+    channels, height, width = input_shape
+    steps = [transforms.Resize(min(height, width)), transforms.CenterCrop((height, width))]
+    if channels == 1:
+        steps.append(transforms.Grayscale())
+    folder = datasets.ImageFolder(root, transform=transforms.Compose([*steps, transforms.ToTensor()]))
+    if len(folder) == 0:
+        raise ConfigError(f"{root}: holds no images")
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+    if limit is not None:
+        order = order[:limit]
+    xs, ys = zip(*(folder[i] for i in order))
+    return Split(torch.stack(list(xs)), torch.tensor(ys, dtype=torch.int64))

@@ -48,7 +48,7 @@ class FingerprintSet:
 
 MethodFn = Callable[..., FingerprintSet]
 _METHODS: dict[str, MethodFn] = {}
-RESERVED_KEYS = ("method",)
+RESERVED_KEYS = ("method", "pool")
 
 
 def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
@@ -140,19 +140,21 @@ def ipguard(
     if num_classes < 3:
         raise ConfigError("fingerprint.ipguard: needs at least 3 classes (a target and a runner-up besides)")
     gen = torch.Generator().manual_seed(seed)
-    x = _starts(pool, n, input_shape, start, gen)
+    # Random draws on the CPU generator, work on the model's device: same points on any device.
+    device = next(model.parameters()).device
+    x = _starts(pool, n, input_shape, start, gen).to(device)
     with torch.no_grad():
         logits0 = torch.cat([model(x[s : s + 1024]) for s in range(0, n, 1024)])
     i = logits0.argmax(1)
     if target == "random":
-        j = (i + torch.randint(1, num_classes, (n,), generator=gen)) % num_classes
+        j = (i + torch.randint(1, num_classes, (n,), generator=gen).to(device)) % num_classes
     else:
         j = logits0.argmin(1)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
-    steps = torch.zeros(n, dtype=torch.int64)
-    done = torch.zeros(n, dtype=torch.bool)
+    steps = torch.zeros(n, dtype=torch.int64, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
     chunk = batch_size if batch_size > 0 else n
     for it in bar(range(max_iter + 1), desc="ipguard", unit="it"):
         active = (~done).nonzero().squeeze(1)
@@ -183,3 +185,91 @@ def ipguard(
     return FingerprintSet(
         inputs=x.detach(), labels=labels, converged=done.clone(), iterations=steps, start_labels=i, targets=j
     )
+
+
+def _pick(pool: Split, n: int, gen: torch.Generator, what: str) -> Split:
+    """``n`` items of the pool drawn without replacement (all of it when it is smaller)."""
+    if len(pool) == 0:
+        raise ConfigError(f"fingerprint.{what}: the pool of real images is empty")
+    idx = torch.randperm(len(pool), generator=gen)[:n]
+    return Split(pool.x[idx].clone().float(), pool.y[idx].clone())
+
+
+@register_method("random_noise")
+def random_noise(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100, seed: int = 0) -> FingerprintSet:
+    """Uniform noise in [0, 1], labelled by the owner: no boundary search at all (baseline)."""
+    x = torch.rand((n, *input_shape), generator=torch.Generator().manual_seed(seed))
+    return FingerprintSet(inputs=x, labels=predict(model, x))
+
+
+@register_method("random_real")
+def random_real(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100, seed: int = 0) -> FingerprintSet:
+    """Real held-out images, labelled by the owner (baseline)."""
+    picked = _pick(pool, n, torch.Generator().manual_seed(seed), "random_real")
+    return FingerprintSet(inputs=picked.x, labels=predict(model, picked.x))
+
+
+def _attack(model: nn.Module, attack: object, picked: Split, seed: int) -> FingerprintSet:
+    torch.manual_seed(seed)  # the attacks' random starts draw from torch's global generator
+    adv = attack(picked.x, picked.y)  # type: ignore[operator]
+    adv = adv.detach().clamp(0.0, 1.0)
+    labels = predict(model, adv)
+    flipped = labels != picked.y
+    return FingerprintSet(inputs=adv, labels=labels, extra={"flipped_share": float(flipped.float().mean())})
+
+
+@register_method("fgsm")
+def fgsm(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100, eps: float = 8 / 255, seed: int = 0) -> FingerprintSet:
+    """Untargeted FGSM examples of held-out images (Goodfellow et al., ICLR 2015), owner-labelled.
+
+    The attack is torchattacks' implementation; ``eps`` is the L∞ budget in pixel units.
+    """
+    import torchattacks
+
+    if eps <= 0:
+        raise ConfigError(f"fingerprint.fgsm.eps: must be > 0, got {eps}")
+    picked = _pick(pool, n, torch.Generator().manual_seed(seed), "fgsm")
+    return _attack(model, torchattacks.FGSM(model, eps=eps), picked, seed)
+
+
+@register_method("pgd")
+def pgd(
+    model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100,
+    eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, random_start: bool = True, seed: int = 0,
+) -> FingerprintSet:
+    """Untargeted L∞ PGD examples of held-out images (Madry et al., ICLR 2018), owner-labelled (torchattacks)."""
+    import torchattacks
+
+    if eps <= 0 or alpha <= 0 or steps < 1:
+        raise ConfigError(f"fingerprint.pgd: need eps > 0, alpha > 0, steps >= 1 (got {eps}, {alpha}, {steps})")
+    picked = _pick(pool, n, torch.Generator().manual_seed(seed), "pgd")
+    return _attack(model, torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start), picked, seed)
+
+
+@register_method("cw")
+def cw(
+    model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100,
+    c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01, seed: int = 0,
+) -> FingerprintSet:
+    """Untargeted Carlini-Wagner L2 examples of held-out images (S&P 2017), owner-labelled (torchattacks)."""
+    import torchattacks
+
+    if c <= 0 or steps < 1 or lr <= 0 or kappa < 0:
+        raise ConfigError(f"fingerprint.cw: need c > 0, steps >= 1, lr > 0, kappa >= 0 (got {c}, {steps}, {lr}, {kappa})")
+    picked = _pick(pool, n, torch.Generator().manual_seed(seed), "cw")
+    return _attack(model, torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr), picked, seed)
+
+
+@register_method("akh")
+def akh(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100, seed: int = 0) -> FingerprintSet:
+    """Held-out images that the owner misclassifies, with the owner's (wrong) labels.
+
+    The strong trivial baseline of the QuRD paper (AAAI 2025): a model's own mistakes are
+    idiosyncratic. Yields fewer than ``n`` points when the owner makes fewer mistakes.
+    """
+    wrong = (predict(model, pool.x) != pool.y).nonzero().squeeze(1)
+    if wrong.numel() == 0:
+        raise ConfigError("fingerprint.akh: the owner misclassifies none of the pool; use a larger pool")
+    mistakes = Split(pool.x[wrong], pool.y[wrong])
+    picked = _pick(mistakes, n, torch.Generator().manual_seed(seed), "akh")
+    return FingerprintSet(inputs=picked.x, labels=predict(model, picked.x), extra={"available": float(wrong.numel())})

@@ -141,11 +141,26 @@ def save_fingerprint_file(
         "inputs": inputs.detach().to(torch.float32).contiguous().cpu(),
         "labels": labels.detach().to(torch.int64).contiguous().cpu(),
     }
-    header = {"format": FINGERPRINT_FORMAT, "meta": json.dumps(dict(meta), sort_keys=True)}
+    meta_json = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
+    header = {
+        "format": FINGERPRINT_FORMAT,
+        "meta": meta_json,
+        "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json),
+    }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
         digest = sha256_file(tmp)
     return digest
+
+
+def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str) -> str:
+    """Hash of what a fingerprint set says (points, labels, metadata): catches edits to any of them."""
+    digest = hashlib.sha256()
+    digest.update(str(tuple(inputs.shape)).encode())
+    digest.update(inputs.contiguous().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    digest.update(meta_json.encode())
+    return digest.hexdigest()
 
 
 def load_fingerprint_file(
@@ -167,6 +182,8 @@ def load_fingerprint_file(
         meta = json.loads(header.get("meta", "{}"))
     except json.JSONDecodeError as exc:
         raise FingerprintFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise FingerprintFileError(f"{path}: metadata must be a JSON object")
     if set(tensors) != {"inputs", "labels"}:
         raise FingerprintFileError(f"{path}: expected tensors 'inputs' and 'labels', found {sorted(tensors)}")
     inputs, labels = tensors["inputs"], tensors["labels"]
@@ -176,6 +193,8 @@ def load_fingerprint_file(
         raise FingerprintFileError(
             f"{path}: inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not form a fingerprint set"
         )
+    if header.get("content_sha256") != _content_sha256(inputs, labels, header.get("meta", "{}")):
+        raise FingerprintFileError(f"{path}: content does not match its recorded sha256 (the set was altered)")
     meta["sha256"] = digest
     return inputs, labels, meta
 

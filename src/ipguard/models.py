@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ipguard.cifar_resnet import make_cifar_resnet
 from ipguard.config import check_kwargs
 from ipguard.errors import ConfigError, ModelFileError
 
@@ -114,6 +115,10 @@ def lenet(
         layers += [nn.Linear(width, units), nn.ReLU()]
         width = units
     return _Sequential(nn.Sequential(*layers), width, num_classes)
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_arch(f"cifar_resnet{_depth}")(make_cifar_resnet(_depth))
 
 
 class PixelModel(nn.Module):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ipguard.evaluate import robustness, roc_curve, summarize, uniqueness
+from ipguard.stats import Calibration, fit_calibration, leave_one_out_p_values, p_value, verdict
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
 
@@ -34,6 +35,27 @@ def method_metrics(table: pd.DataFrame, max_fpr: float) -> dict[str, dict[str, A
             }
         out[str(method)] = entry
     return out
+
+
+def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, dict[str, Calibration]]:
+    """p-values and verdicts for every row, and each method's calibration on all its negatives.
+
+    A negative's own p-value comes from a calibration fitted on the other negatives
+    (leave-one-out), so the share of negatives called pirated is an honest false-positive rate.
+    """
+    rows, calibrations = [], {}
+    for method, df in table.groupby("method", sort=False):
+        neg = df[df["kind"] == "negative"]
+        if neg.empty:
+            continue
+        n = int(df["n"].iloc[0])
+        cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level)
+        calibrations[str(method)] = cal
+        loo = dict(zip(neg.index, leave_one_out_p_values(neg["matches"].astype(int).tolist(), n, level)))
+        for idx, row in df.iterrows():
+            p = loo[idx] if idx in loo else p_value(int(row["matches"]), int(row["n"]), cal)
+            rows.append({**row.to_dict(), "p_value": p, "verdict": verdict(p, level)})
+    return pd.DataFrame(rows), calibrations
 
 
 def curves(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -82,6 +104,7 @@ def md_table(rows: list[Mapping[str, Any]]) -> str:
 def markdown_report(
     table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
     experiment: str, description: str, max_fpr: float,
+    verdicts: pd.DataFrame | None = None, calibrations: Mapping[str, Calibration] | None = None, level: float = 0.01,
 ) -> str:
     """The experiment's report: headline metrics, per-family metrics, matching rates, accuracies, cost."""
     fpr_label = f"TPR@{max_fpr:.0%}FPR"
@@ -133,14 +156,37 @@ def markdown_report(
         for s in info.index
     ]
     parts.append(md_table(rows))
+    if verdicts is not None and not verdicts.empty:
+        parts.append(f"\n## Verdicts at level {level:g} (beta-binomial calibration on the negatives)\n")
+        parts.append(
+            "p-value = P(an independent model matches at least this many points), with the independent "
+            "models' match rate fitted as a Beta distribution to the negatives of the zoo. Negatives are "
+            "tested leave-one-out (calibrated on the others), so their pirated share is an honest false-positive rate.\n"
+        )
+        rows = []
+        for method, df in verdicts.groupby("method", sort=False):
+            pos, neg = split_kinds(df)
+            owner = df[df["kind"] == "owner"]
+            rows.append({"method": method, "null mean MR": calibrations[method].mean if calibrations else None,
+                         "owner p": float(owner["p_value"].iloc[0]) if len(owner) else None,
+                         "positives called pirated": float((pos["verdict"] == "pirated").mean()) if len(pos) else None,
+                         "negatives called pirated (LOO)": float((neg["verdict"] == "pirated").mean()) if len(neg) else None,
+                         "max p positives": float(pos["p_value"].max()) if len(pos) else None,
+                         "min p negatives": float(neg["p_value"].min()) if len(neg) else None})
+        parts.append(md_table(rows))
+        parts.append("\n### p-value of every suspect\n")
+        wide = verdicts.pivot_table(index="suspect", columns="method", values="p_value", sort=False)
+        rows = [{"suspect": s, **{m: f"{wide.at[s, m]:.2e}" for m in wide.columns}} for s in wide.index]
+        parts.append(md_table(rows))
     if costs:
         parts.append("\n## Fingerprint generation cost\n")
         rows = []
         for method, c in costs.items():
             s = c.get("stats", {})
             rows.append({"method": method, "points": int(s.get("n", 0)), "seconds": s.get("seconds"),
-                         "mean iterations": s.get("mean_iterations"), "max iterations": s.get("max_iterations"),
-                         "converged share": s.get("converged_share"), "sha256": str(c.get("sha256", ""))[:12]})
+                         "point-iterations": s.get("point_iterations"), "mean iterations": s.get("mean_iterations"),
+                         "max iterations": s.get("max_iterations"), "converged share": s.get("converged_share"),
+                         "sha256": str(c.get("sha256", ""))[:12]})
         parts.append(md_table(rows))
     return "\n".join(p for p in parts if p)
 
@@ -167,7 +213,7 @@ def plot_figures(table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], 
             ax.set_xlabel("threshold t on the matching rate")
             ax.set_ylim(-0.02, 1.02)
             ax.legend(loc="lower left", fontsize=8)
-        written.append(_save(fig, outdir / "robustness_uniqueness.png"))
+        written.append(save_figure(fig, outdir / "robustness_uniqueness.png"))
         fig, ax = plt.subplots(figsize=(4.5, 4))
         for method in methods:
             r = roc_tables[method]
@@ -176,7 +222,7 @@ def plot_figures(table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], 
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
         ax.legend(loc="lower right", fontsize=8)
-        written.append(_save(fig, outdir / "roc.png"))
+        written.append(save_figure(fig, outdir / "roc.png"))
     for method, df in table.groupby("method", sort=False):
         families = list(dict.fromkeys(df.sort_values(["kind", "family"], ascending=[False, True])["family"]))
         fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(families) + 2), 3.8))
@@ -189,11 +235,11 @@ def plot_figures(table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], 
         ax.set_ylabel("matching rate")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{method}: matching rate per family (red positive, blue negative)", fontsize=9)
-        written.append(_save(fig, outdir / f"matching_rates_{method}.png"))
+        written.append(save_figure(fig, outdir / f"matching_rates_{method}.png"))
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from ipguard.io import atomic_path

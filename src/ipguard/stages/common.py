@@ -36,7 +36,12 @@ def variant_path(name: str) -> Path:
 
 
 def fingerprint_path(name: str) -> Path:
-    return FINGERPRINTS / f"{name}.safetensors"
+    return FINGERPRINTS / "raw" / f"{name}.safetensors"
+
+
+def calibrated_path(name: str) -> Path:
+    """The set with its calibration (written by ``evaluate``): what ``ipguard verify`` takes."""
+    return FINGERPRINTS / "calibrated" / f"{name}.safetensors"
 
 
 def reports_dir(params: Params) -> Path:
@@ -51,8 +56,30 @@ def load_split(name: str) -> Split:
     return Split(tensors["x"], tensors["y"])
 
 
+POOLS = {"test": ("test",), "other": ("other",), "heldout": ("test", "other")}
+
+
+def load_pool(name: str) -> Split:
+    """Real images a fingerprint method may start from: ``test``, ``other`` or ``heldout`` (both).
+
+    None of them is the owner's training data.
+    """
+    if name not in POOLS:
+        raise IpguardError(f"fingerprint pool: unknown pool '{name}' (known: {', '.join(POOLS)})")
+    parts = [load_split(part) for part in POOLS[name]]
+    return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
 def load_zoo_model(name: str) -> tuple[PixelModel, dict]:
     return load_model(str(zoo_path(name)))
+
+
+def suspect_paths(params: Params) -> list[tuple[str, Path]]:
+    """(name, file) of every suspect: the owner, then the independents, then the variants."""
+    out = [(Params.OWNER, zoo_path(Params.OWNER))]
+    out += [(name, zoo_path(name)) for name in params.zoo.models]
+    out += [(name, variant_path(name)) for name in params.postprocess]
+    return out
 
 
 def setup_runtime(cfg: RuntimeCfg) -> None:

@@ -1,7 +1,9 @@
-"""Stage ``evaluate``: metrics, tables, curves and figures from the matching rates.
+"""Stage ``evaluate``: metrics, verdicts, tables, curves and figures from the matching rates.
 
-Reads ``evaluate.max_fpr`` and ``experiment``; writes ``reports/<experiment>/``: ``metrics.json``
-(DVC metrics), ``report.md``, ``plots/`` (DVC plots) and ``figures/`` (PNG).
+Reads ``evaluate`` and ``experiment``; writes ``reports/<experiment>/``: ``metrics.json`` (DVC
+metrics), ``verdicts.csv`` (p-value and verdict of every suspect), ``report.md``, ``plots/``
+(DVC plots) and ``figures/`` (PNG); and ``fingerprints/calibrated/<method>.safetensors``, each
+fingerprint set with its calibration, ready for ``ipguard verify``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ import pandas as pd
 
 from ipguard.config import Params
 from ipguard.errors import IpguardError
-from ipguard.io import write_json, write_text
-from ipguard.report import curves, markdown_report, method_metrics, plot_figures, rocs
-from ipguard.stages.common import fingerprint_path, reports_dir, run_stage
+from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
+from ipguard.report import calibrate_table, curves, markdown_report, method_metrics, plot_figures, rocs
+from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
 from ipguard.tracking import stage_run
-
 
 def _csv(df: pd.DataFrame) -> str:
     buffer = io.StringIO()
-    df.to_csv(buffer, index=False, float_format="%.6f", lineterminator="\n")
+    df.to_csv(buffer, index=False, float_format="%.6g", lineterminator="\n")
     return buffer.getvalue()
 
 
@@ -32,15 +33,26 @@ def evaluate(params: Params, key: str | None = None) -> None:
     if not source.is_file():
         raise IpguardError(f"{source}: not found (run the match stage first)")
     table = pd.read_csv(source)
-    max_fpr = params.evaluate.max_fpr
+    max_fpr, level = params.evaluate.max_fpr, params.evaluate.level
     metrics = method_metrics(table, max_fpr)
+    verdicts, calibrations = calibrate_table(table, level)
+    shutil.rmtree(calibrated_path("x").parent, ignore_errors=True)
+    for method, cal in calibrations.items():
+        v = verdicts[verdicts["method"] == method]
+        metrics[method]["calibration"] = cal.to_dict()
+        metrics[method]["positives_called_pirated"] = float((v[v["kind"] == "positive"]["verdict"] == "pirated").mean())
+        metrics[method]["negatives_called_pirated_loo"] = float((v[v["kind"] == "negative"]["verdict"] == "pirated").mean())
+        inputs, labels, meta = load_fingerprint_file(fingerprint_path(method))
+        save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()})
     costs = {}
     for method in table["method"].unique():
         cost_file = fingerprint_path(method).with_suffix(".json")
         if cost_file.is_file():
             costs[method] = json.loads(cost_file.read_text())
-    write_json(out / "metrics.json", {"max_fpr": max_fpr, "methods": metrics})
-    write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description, max_fpr))
+    write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "methods": metrics})
+    write_text(out / "verdicts.csv", _csv(verdicts))
+    write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
+                                                  max_fpr, verdicts, calibrations, level))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
     for sub, tables in (("plots/curves", curves(table)), ("plots/roc", rocs(table))):
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -49,13 +61,13 @@ def evaluate(params: Params, key: str | None = None) -> None:
     shutil.rmtree(out / "figures", ignore_errors=True)
     figures = plot_figures(table, metrics, out / "figures")
     with stage_run(params.tracking, params.experiment.name, "evaluate", {"stage": "evaluate"}) as run:
-        run.log_params({"max_fpr": max_fpr, "methods": ",".join(metrics)})
+        run.log_params({"max_fpr": max_fpr, "level": level, "methods": ",".join(metrics)})
         for method, m in metrics.items():
             if "overall" in m:
                 run.log_metrics({f"{method}.{k}": v for k, v in m["overall"].items()})
                 for family, f in m.get("families", {}).items():
                     run.log_metrics({f"{method}.{family}.{k}": v for k, v in f.items() if k in {"aruc", "auc", "tpr_at_fpr"}})
-        for path in [out / "metrics.json", out / "report.md", source, *figures]:
+        for path in [out / "metrics.json", out / "report.md", out / "verdicts.csv", source, *figures]:
             run.log_artifact(path)
         run.log_artifact(out / "plots", "plots")
 

@@ -9,7 +9,7 @@ from ipguard.config import Params, to_dict
 from ipguard.errors import ConfigError
 from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
 from ipguard.io import save_fingerprint_file, write_json
-from ipguard.stages.common import fingerprint_path, load_split, load_zoo_model, run_stage
+from ipguard.stages.common import fingerprint_path, load_pool, load_zoo_model, run_stage
 from ipguard.tracking import stage_run
 
 
@@ -21,7 +21,7 @@ def fingerprint(params: Params, key: str | None) -> None:
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_method(entry["method"], kwargs, f"fingerprint.{key}")
     owner, owner_meta = load_zoo_model(Params.OWNER)
-    pool = load_split("test")
+    pool = load_pool(entry.get("pool", "test"))
     ds = params.dataset
     result = generate(entry["method"], owner, pool, tuple(ds.input_shape), ds.num_classes, where=f"fingerprint.{key}", **kwargs)
     meta = {

@@ -14,26 +14,18 @@ import pandas as pd
 from ipguard.config import Params
 from ipguard.io import load_fingerprint_file, write_text
 from ipguard.models import load_model
-from ipguard.stages.common import fingerprint_path, reports_dir, run_stage, variant_path, zoo_path
+from ipguard.stages.common import fingerprint_path, reports_dir, run_stage, suspect_paths
 from ipguard.tracking import stage_run
 from ipguard.verify import match
 
 KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
 
 
-def suspects(params: Params) -> list[tuple[str, str]]:
-    """(name, path) of every suspect: owner first, then independents, then variants."""
-    out = [(Params.OWNER, str(zoo_path(Params.OWNER)))]
-    out += [(name, str(zoo_path(name))) for name in params.zoo.models]
-    out += [(name, str(variant_path(name))) for name in params.postprocess]
-    return out
-
-
 def match_all(params: Params, key: str | None = None) -> None:
     sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
     rows = []
-    for name, path in suspects(params):
-        model, meta = load_model(path)
+    for name, path in suspect_paths(params):
+        model, meta = load_model(str(path))
         for method, (inputs, labels, fmeta) in sets.items():
             result = match(model, inputs, labels, params.evaluate.batch_size)
             rows.append({
