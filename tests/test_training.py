@@ -45,3 +45,16 @@ def test_training_learns_and_rejects_bad_settings() -> None:
         train(model, x, y, TrainingCfg(epochs=1, optimizer="lbfgs"), seed=0)
     with pytest.raises(ConfigError, match="training.schedule"):
         train(model, x, y, TrainingCfg(epochs=1, schedule="step"), seed=0)
+
+
+def test_progress_is_quiet_in_ci_and_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipguard import progress
+
+    monkeypatch.delenv("IPGUARD_PROGRESS", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert not progress.progress_enabled()
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True)
+    assert progress.progress_enabled()
+    monkeypatch.setenv("IPGUARD_PROGRESS", "0")
+    assert not progress.progress_enabled()

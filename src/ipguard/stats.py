@@ -60,16 +60,21 @@ def fit_calibration(matches: Sequence[int], n: Sequence[int] | int, level: float
         raise ValueError(f"level: must lie in (0, 1), got {level}")
     rates = x / trials
 
+    def shape(theta: np.ndarray) -> tuple[float, float]:
+        # Mean and concentration as the free parameters, so that hitting the concentration cap
+        # (negatives no more spread than binomial sampling) leaves the mean where the data put it.
+        mu, kappa = special.expit(theta[0]), np.exp(theta[1])
+        return max(mu * kappa, 1.0), max((1 - mu) * kappa, 1.0)
+
     def nll(theta: np.ndarray) -> float:
         # The beta-binomial log-likelihood without its binomial coefficient (constant in a, b).
-        a, b = 1.0 + np.exp(theta)
+        a, b = shape(theta)
         return -float(np.sum(special.betaln(x + a, trials - x + b) - special.betaln(a, b)))
 
-    mu = float(np.clip((x.sum() + 1) / (trials.sum() + 2), 1e-3, 1 - 1e-3))
-    start = np.log([mu * 10.0 + 1e-3, (1 - mu) * 10.0 + 1e-3])
-    result = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
-    # A concentration beyond ~1e6 means "no spread between models": cap it, the fit is flat there.
-    a, b = 1.0 + np.exp(np.clip(result.x, -30.0, 14.0))
+    mu = float(np.clip((x.sum() + 0.5) / (trials.sum() + 1), 1e-4, 1 - 1e-4))
+    result = optimize.minimize(nll, np.array([special.logit(mu), np.log(50.0)]), method="L-BFGS-B",
+                               bounds=[(-12.0, 12.0), (np.log(2.0), np.log(1e6))])
+    a, b = shape(result.x)
     return Calibration(alpha=float(a), beta=float(b), negatives=int(x.size),
                        mean_matching_rate=float(rates.mean()), max_matching_rate=float(rates.max()), level=level)
 
