@@ -114,3 +114,19 @@ def test_training_is_deterministic(tiny_params_file: Path) -> None:
                         (root / "models/zoo/owner.json").read_bytes()))
         shutil.rmtree(root / "models")
     assert digests[0] == digests[1]
+
+
+def test_fingerprint_files_are_byte_identical_across_processes(tmp_path: Path) -> None:
+    """Same set, same bytes: the header must not depend on a process's hash seed."""
+    code = (
+        "import sys, torch; from ipguard.io import save_fingerprint_file;"
+        "g = torch.Generator().manual_seed(0);"
+        "save_fingerprint_file(sys.argv[1], torch.rand(4, 1, 8, 8, generator=g), torch.arange(4),"
+        " {'method': 'ipguard', 'seed': 0, 'config': {'k': 1.0, 'n': 4}, 'owner_sha256': 'x'})"
+    )
+    digests = set()
+    for i in range(4):
+        out = tmp_path / f"fp{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
+        digests.add(sha256_file(out))
+    assert len(digests) == 1

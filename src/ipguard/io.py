@@ -142,10 +142,13 @@ def save_fingerprint_file(
         "labels": labels.detach().to(torch.int64).contiguous().cpu(),
     }
     meta_json = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
+    # One header key only: safetensors writes its metadata map in no fixed order, so several
+    # keys would give different bytes for the same set from one run to the next.
     header = {
-        "format": FINGERPRINT_FORMAT,
-        "meta": meta_json,
-        "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json),
+        FINGERPRINT_FORMAT: json.dumps(
+            {"meta": meta_json, "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json)},
+            sort_keys=True,
+        )
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -175,15 +178,17 @@ def load_fingerprint_file(
     if expected_sha256 is not None and digest != expected_sha256:
         raise FingerprintFileError(f"{path}: sha256 {digest[:12]}… is not the expected {expected_sha256[:12]}…")
     with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata() or {}
-    if header.get("format") != FINGERPRINT_FORMAT:
-        raise FingerprintFileError(f"{path}: not an ipguard fingerprint file (format != {FINGERPRINT_FORMAT})")
+        raw = (handle.metadata() or {}).get(FINGERPRINT_FORMAT)
+    if raw is None:
+        raise FingerprintFileError(f"{path}: not an ipguard fingerprint file (no {FINGERPRINT_FORMAT} header)")
     try:
-        meta = json.loads(header.get("meta", "{}"))
-    except json.JSONDecodeError as exc:
+        header = json.loads(raw)
+        meta = json.loads(header["meta"]) if isinstance(header, dict) else None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise FingerprintFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise FingerprintFileError(f"{path}: metadata must be a JSON object")
+    assert isinstance(header, dict)
     if set(tensors) != {"inputs", "labels"}:
         raise FingerprintFileError(f"{path}: expected tensors 'inputs' and 'labels', found {sorted(tensors)}")
     inputs, labels = tensors["inputs"], tensors["labels"]
