@@ -80,9 +80,9 @@ def test_stages_are_recorded_in_mlflow(tiny_params_file: Path) -> None:
     root = tiny_params_file.parent
     env = _env(root)
     env["PYTHONPATH"] = str(ROOT / "src")
-    for stage in (["prepare"], ["train", "owner"]):
-        proc = subprocess.run([sys.executable, "-m", f"ipguard.stages.{stage[0]}", *stage[1:]], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=180)
+    # prepare logs in its own process; train through the launcher dvc.yaml uses (a tracking worker).
+    for cmd in (["ipguard.stages.prepare"], ["ipguard.stages", "train", "owner"]):
+        proc = subprocess.run([sys.executable, "-m", *cmd], cwd=root, env=env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ipguard-tiny")
@@ -95,6 +95,9 @@ def test_stages_are_recorded_in_mlflow(tiny_params_file: Path) -> None:
     assert 0.8 < train.data.metrics["test_accuracy"] <= 1.0
     assert len(client.get_metric_history(train.info.run_id, "train_loss")) == 8
     assert runs["prepare"].data.metrics["size.test"] > 0
+    artifacts = [a.path for a in client.list_artifacts(train.info.run_id)]
+    assert "owner.json" in artifacts
+    assert train.info.end_time >= train.info.start_time
 
 
 def test_tracking_failure_warns_and_still_writes_outputs(tiny_params_file: Path) -> None:
@@ -105,7 +108,7 @@ def test_tracking_failure_warns_and_still_writes_outputs(tiny_params_file: Path)
     root = tiny_params_file.parent
     env = _env(root)
     env["PYTHONPATH"] = str(ROOT / "src")
-    proc = subprocess.run([sys.executable, "-m", "ipguard.stages.prepare"], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-m", "ipguard.stages", "prepare"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "MLflow tracking failed" in proc.stderr

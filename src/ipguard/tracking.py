@@ -1,23 +1,33 @@
 """MLflow mirror of the pipeline's runs (params, metrics, tables and figures).
 
-DVC's outputs are the record; MLflow is for browsing. Tracking is therefore best effort: if the
-store cannot be reached or written, the stage warns once and carries on, and its DVC outputs are
-written as usual.
+DVC's outputs are the record; MLflow is for browsing. A stage records what it logs in memory
+(:class:`Recorder`); at the end of the block the record becomes one MLflow run, either here or
+in a tracking worker (``python -m ipguard.tracking``) that the stage launcher
+(``python -m ipguard.stages``) starts beside the stage. The worker imports MLflow on the other
+core while the stage imports torch and works: that import is most of a short stage's cost.
+
+Tracking is best effort: if the store cannot be reached or written, a warning goes to stderr
+and the stage's DVC outputs are written as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ipguard.config import TrackingCfg
 
-log = logging.getLogger(__name__)
+# Set by the stage launcher: the worker that will log this process's run, and when it started.
+WORKER: subprocess.Popen[bytes] | None = None
+STARTED_MS: int | None = None
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -31,94 +41,119 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class Tracker:
-    """A handle on one MLflow run; every call is a no-op once tracking has failed."""
+def tracking_enabled(cfg: TrackingCfg) -> bool:
+    """``tracking.enabled``, unless ``IPGUARD_TRACKING=0`` turns it off."""
+    return cfg.enabled and os.environ.get("IPGUARD_TRACKING", "1") not in {"0", "false", "no"}
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.run_id: str | None = None
 
-    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.enabled:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - tracking must never stop a stage
-            self.enabled = False
-            print(f"ipguard: warning: MLflow tracking failed while {what} ({type(exc).__name__}: {exc}); "
-                  "the stage's DVC outputs are written regardless", file=sys.stderr)
-            return None
+class Recorder:
+    """What one stage run logs: params, metrics (with steps) and artifact paths."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.metrics: list[tuple[str, float, int]] = []
+        self.artifacts: list[tuple[str, str | None]] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        import mlflow
+        self.params.update({k: str(v)[:6000] for k, v in flatten(params).items()})
 
-        flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
-        self._guard("logging params", mlflow.log_params, flat)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if not self.enabled:
-            return
-        import mlflow
-
-        clean = {k.replace("@", "_at_"): float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float))}
-        self._guard("logging metrics", mlflow.log_metrics, clean, step=step)
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        for key, value in flatten(metrics).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.metrics.append((key.replace("@", "_at_"), float(value), step or 0))
 
     def log_history(self, key: str, values: list[float]) -> None:
-        """One metric's values per step (epoch), in a single call to the store."""
-        if not self.enabled or not values or self.run_id is None:
-            return
-        import time
-
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
-        self._guard(f"logging {key}", MlflowClient().log_batch, self.run_id, metrics=batch)
+        """One metric's values per step (epoch)."""
+        self.metrics.extend((key, float(v), step) for step, v in enumerate(values))
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        if not self.enabled:
-            return
-        import mlflow
+        self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
-        if Path(path).exists():
-            fn = mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact
-            self._guard(f"logging {path}", fn, str(path), artifact_path)
+
+def log_payload(payload: Mapping[str, Any]) -> bool:
+    """Write one recorded run to MLflow; on any failure warn on stderr and return False."""
+    try:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
+
+        client = MlflowClient(tracking_uri=payload["uri"])
+        experiment = client.get_experiment_by_name(payload["experiment"])
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(payload["experiment"])
+        run = client.create_run(experiment_id, start_time=payload["start_ms"], tags=payload["tags"],
+                                run_name=payload["run_name"])
+        run_id = run.info.run_id
+        params = [Param(k, v) for k, v in payload["params"].items()]
+        metrics = [Metric(k, v, payload["end_ms"], step) for k, v, step in payload["metrics"]]
+        for i in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limits
+            client.log_batch(run_id, params=params[i : i + 100], metrics=metrics[i : i + 100])
+        for path, artifact_path in payload["artifacts"]:
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, path, artifact_path)
+            elif Path(path).is_file():
+                client.log_artifact(run_id, path, artifact_path)
+        client.set_terminated(run_id, payload["status"], end_time=payload["end_ms"])
+        return True
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop a stage
+        print(f"ipguard: warning: MLflow tracking failed for run '{payload.get('run_name')}' "
+              f"({type(exc).__name__}: {str(exc)[:300]}); the stage's DVC outputs are written regardless",
+              file=sys.stderr)
+        return False
+
+
+def start_worker() -> subprocess.Popen[bytes]:
+    """A tracking worker: it imports MLflow now and logs the run it is sent on stdin."""
+    return subprocess.Popen([sys.executable, "-m", "ipguard.tracking"], stdin=subprocess.PIPE)
+
+
+def finish_worker(worker: subprocess.Popen[bytes], payload: Mapping[str, Any] | None) -> None:
+    """Send the run (or nothing) to the worker and wait until it has been logged."""
+    stdin: IO[bytes] | None = worker.stdin
+    try:
+        if stdin is not None:
+            if payload is not None:
+                stdin.write(json.dumps(payload).encode())
+            stdin.close()
+    except BrokenPipeError:
+        pass
+    worker.wait()
 
 
 @contextlib.contextmanager
-def stage_run(
-    cfg: TrackingCfg, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
-) -> Iterator[Tracker]:
-    """An MLflow run in experiment ``<prefix>-<experiment>`` for the block's duration.
-
-    ``IPGUARD_TRACKING=0`` or ``tracking.enabled: false`` turns it off. A failure to start the
-    run, or at any later call, is reported once on stderr and never raised.
-    """
-    enabled = cfg.enabled and os.environ.get("IPGUARD_TRACKING", "1") not in {"0", "false", "no"}
-    tracker = Tracker(enabled)
-    if not enabled:
-        yield tracker
-        return
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    import mlflow
-
-    def start() -> Any:
-        mlflow.set_tracking_uri(cfg.uri)
-        mlflow.set_experiment(f"{cfg.experiment_prefix}-{experiment}")
-        return mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
-
-    run = tracker._guard("starting a run", start)
-    if run is None:
-        tracker.enabled = False
-        yield tracker
-        return
-    tracker.run_id = run.info.run_id
+def stage_run(cfg: TrackingCfg, experiment: str, run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Recorder]:
+    """Record the block's logging as one MLflow run in experiment ``<prefix>-<experiment>``."""
+    global WORKER
+    recorder = Recorder()
+    start_ms = STARTED_MS or int(time.time() * 1000)
     status = "FAILED"
     try:
-        yield tracker
+        yield recorder
         status = "FINISHED"
     finally:
-        tracker._guard("ending the run", mlflow.end_run, status=status)
+        payload = None
+        if tracking_enabled(cfg):
+            payload = {
+                "uri": cfg.uri, "experiment": f"{cfg.experiment_prefix}-{experiment}", "run_name": run_name,
+                "tags": dict(tags or {}), "start_ms": start_ms, "end_ms": int(time.time() * 1000), "status": status,
+                "params": recorder.params, "metrics": recorder.metrics, "artifacts": recorder.artifacts,
+            }
+        if WORKER is not None:
+            worker, WORKER = WORKER, None
+            finish_worker(worker, payload)
+        elif payload is not None:
+            log_payload(payload)
+
+
+def worker_main() -> int:
+    """``python -m ipguard.tracking``: import MLflow, then log the one run read from stdin."""
+    import mlflow  # noqa: F401 - the point: import while the stage works
+    from mlflow.store.tracking import sqlalchemy_store  # noqa: F401
+
+    data = sys.stdin.buffer.read()
+    if data.strip():
+        log_payload(json.loads(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main())
