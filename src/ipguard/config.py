@@ -47,6 +47,7 @@ class DatasetCfg:
     test_fraction: float = 0.2
     other_fraction: float = 0.5
     seed: int = 0
+    storage: str = "float32"
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainingCfg:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    max_samples: int = 0
 
 
 @dataclass
@@ -71,6 +73,7 @@ class ModelCfg:
     data: str = "owner"
     seed: int = 0
     family: str | None = None
+    normalization: NormalizationCfg | None = None
     train: dict[str, Any] = field(default_factory=dict)
 
 

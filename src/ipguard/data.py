@@ -16,7 +16,8 @@ import torch
 from ipguard.errors import ConfigError
 
 SPLITS = ("owner", "other", "test")
-DatasetLoader = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+Parts = dict[str, tuple[torch.Tensor, torch.Tensor]]
+DatasetLoader = Callable[..., Parts]
 _DATASETS: dict[str, DatasetLoader] = {}
 
 
@@ -30,22 +31,70 @@ def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     return wrap
 
 
-def load_dataset(name: str, root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The labelled pool of dataset ``name``: float32 pixels in [0, 1] (N, C, H, W), int64 labels."""
+def load_dataset(name: str, root: str | None = None) -> Parts:
+    """Dataset ``name`` as float32 pixels in [0, 1] (N, C, H, W) and int64 labels.
+
+    Either one labelled ``pool`` (cut into owner/other/test by :func:`split`), or the dataset's
+    own ``train`` and ``test`` parts (train is cut into owner/other; test is kept).
+    """
     if name not in _DATASETS:
         raise ConfigError(f"dataset.name: unknown dataset '{name}' (known: {', '.join(sorted(_DATASETS))})")
     return _DATASETS[name](root=root)
 
 
 @register_dataset("digits")
-def digits(root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def digits(root: str | None = None) -> Parts:
     """scikit-learn's handwritten digits (1,797 8×8 images, 16 grey levels); ships with sklearn."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    return x, y
+    return {"pool": (x, y)}
+
+
+def _torchvision_cifar(cls_name: str, root: str | None) -> Parts:
+    """CIFAR from a local ImageFolder tree (``root/{train,test}/<class>/``), else torchvision's
+    download into ``data/raw/`` (the path real users with internet take)."""
+    from pathlib import Path
+
+    if root is not None:
+        if not (Path(root) / "train").is_dir() or not (Path(root) / "test").is_dir():
+            raise ConfigError(f"dataset.root: {root} must hold train/<class>/ and test/<class>/ image folders")
+        return {part: _folder_tensors(str(Path(root) / part)) for part in ("train", "test")}
+    from torchvision import datasets
+
+    cls = getattr(datasets, cls_name)
+    out = {}
+    for part, train in (("train", True), ("test", False)):
+        ds = cls(root="data/raw", train=train, download=True)
+        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div(255)
+        out[part] = (x, torch.as_tensor(ds.targets, dtype=torch.int64))
+    return out
+
+
+def _folder_tensors(root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of an ImageFolder tree at its own size, as [0, 1] pixels (folder order = class)."""
+    from torchvision import datasets
+    from torchvision.transforms.functional import pil_to_tensor
+
+    folder = datasets.ImageFolder(root)
+    if len(folder) == 0:
+        raise ConfigError(f"dataset.root: {root} holds no images")
+    xs = [pil_to_tensor(folder.loader(path).convert("RGB")) for path, _ in folder.samples]
+    return torch.stack(xs).float().div(255), torch.tensor(folder.targets, dtype=torch.int64)
+
+
+@register_dataset("cifar10")
+def cifar10(root: str | None = None) -> Parts:
+    """CIFAR-10 (Krizhevsky 2009): 50,000 + 10,000 32×32 colour images, 10 classes."""
+    return _torchvision_cifar("CIFAR10", root)
+
+
+@register_dataset("cifar100")
+def cifar100(root: str | None = None) -> Parts:
+    """CIFAR-100 (Krizhevsky 2009): 50,000 + 10,000 32×32 colour images, 100 classes."""
+    return _torchvision_cifar("CIFAR100", root)
 
 
 @dataclass(frozen=True)
@@ -57,28 +106,35 @@ class Split:
         return int(self.y.shape[0])
 
 
-def split(
-    x: torch.Tensor, y: torch.Tensor, test_fraction: float, other_fraction: float, seed: int
-) -> dict[str, Split]:
+def split(parts: Parts, test_fraction: float, other_fraction: float, seed: int) -> dict[str, Split]:
     """Seeded, stratification-free split into ``owner``, ``other`` and ``test``.
 
-    ``test_fraction`` of the pool is held out; ``other_fraction`` of the rest goes to models that
-    must not see the owner's training data, the remainder is the owner's.
+    From one ``pool``: ``test_fraction`` of it is held out. From ``train`` and ``test`` parts: the
+    dataset's own test part is kept. Then ``other_fraction`` of the rest goes to models that must
+    not see the owner's training data, and the remainder is the owner's.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"dataset.test_fraction: must lie in (0, 1), got {test_fraction}")
     if not 0.0 < other_fraction < 1.0:
         raise ConfigError(f"dataset.other_fraction: must lie in (0, 1), got {other_fraction}")
-    n = int(y.shape[0])
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(n * test_fraction))
-    n_other = int(round((n - n_test) * other_fraction))
-    parts = {
-        "test": order[:n_test],
-        "other": order[n_test : n_test + n_other],
-        "owner": order[n_test + n_other :],
+    gen = torch.Generator().manual_seed(seed)
+    if "pool" in parts:
+        if not 0.0 < test_fraction < 1.0:
+            raise ConfigError(f"dataset.test_fraction: must lie in (0, 1), got {test_fraction}")
+        x, y = parts["pool"]
+        order = torch.randperm(int(y.shape[0]), generator=gen)
+        n_test = int(round(len(order) * test_fraction))
+        test = Split(x[order[:n_test]].contiguous(), y[order[:n_test]].contiguous())
+        rest = order[n_test:]
+    else:
+        x, y = parts["train"]
+        test = Split(*parts["test"])
+        rest = torch.randperm(int(y.shape[0]), generator=gen)
+    n_other = int(round(len(rest) * other_fraction))
+    other, owner = rest[:n_other], rest[n_other:]
+    return {
+        "test": test,
+        "other": Split(x[other].contiguous(), y[other].contiguous()),
+        "owner": Split(x[owner].contiguous(), y[owner].contiguous()),
     }
-    return {name: Split(x[idx].contiguous(), y[idx].contiguous()) for name, idx in parts.items()}
 
 
 def image_folder(root: str, input_shape: tuple[int, ...], limit: int | None = None, seed: int = 0) -> Split:

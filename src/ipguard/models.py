@@ -154,6 +154,8 @@ class PixelModel(nn.Module):
 def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:
     """The tensors to store for ``model``, packed as its ``storage`` says."""
     state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    if model.storage == "float16":
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if model.storage == "int8":
         from ipguard.postprocess import pack_int8
 
@@ -185,6 +187,8 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise ModelFileError(f"{source}: weights do not fit architecture '{meta['arch']}' ({first})") from exc
+    if meta.get("compute") == "float32":
+        model.net.float()
     model.eval()
     return model
 
@@ -211,6 +215,7 @@ def model_meta(
             "std": [float(v) for v in model.std.flatten()],
         },
         "storage": model.storage,
+        **({"compute": "float32"} if model.storage == "float16" and model.compute_dtype == torch.float32 else {}),
         **extra,
     }
 

@@ -186,9 +186,15 @@ def quantize_int8(model: PixelModel, data: Split, seed: int) -> PixelModel:
 
 
 @register_postprocess("float16")
-def float16(model: PixelModel, data: Split, seed: int) -> PixelModel:
-    """Half precision: weights stored and arithmetic done in float16."""
+def float16(model: PixelModel, data: Split, seed: int, compute: str = "half") -> PixelModel:
+    """Half precision: weights stored in float16; arithmetic in float16 too (``compute="half"``),
+    or in float32 on the rounded weights (``compute="float32"``: CPUs run half convolutions
+    about 15 times slower than float32)."""
+    if compute not in {"half", "float32"}:
+        raise ConfigError(f"float16.compute: must be 'half' or 'float32', got '{compute}'")
     out = copy.deepcopy(model)
     out.net.half()
+    if compute == "float32":
+        out.net.float()
     out.storage = "float16"
     return out

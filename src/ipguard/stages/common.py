@@ -53,7 +53,8 @@ def load_split(name: str) -> Split:
     if name not in SPLITS:
         raise IpguardError(f"data: unknown split '{name}' (known: {', '.join(SPLITS)})")
     tensors = load_tensors(split_path(name))
-    return Split(tensors["x"], tensors["y"])
+    x = tensors["x"]
+    return Split(x.float().div(255) if x.dtype == torch.uint8 else x, tensors["y"])
 
 
 POOLS = {"test": ("test",), "other": ("other",), "heldout": ("test", "other")}

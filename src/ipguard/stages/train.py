@@ -10,7 +10,9 @@ import time
 import torch
 
 from ipguard.config import Params, to_dict
+from ipguard.data import Split
 from ipguard.errors import ConfigError
+from ipguard.foreign import load_suspect
 from ipguard.io import save_model_file
 from ipguard.models import PixelModel, accuracy, build_model, create_model, model_meta, model_tensors
 from ipguard.stages.common import load_split, run_stage, zoo_path
@@ -22,22 +24,37 @@ def train_model(params: Params, name: str | None) -> None:
     assert name is not None
     spec = params.model_spec(name)
     where = "model" if name == Params.OWNER else f"zoo.models.{name}"
-    if spec.source != "train":
-        raise ConfigError(f"{where}.source: '{spec.source}' is not supported for this experiment yet (only 'train')")
+    if spec.source not in {"train", "file"}:
+        raise ConfigError(f"{where}.source: must be 'train' or 'file', got '{spec.source}'")
     ds = params.dataset
+    norm = spec.normalization or ds.normalization
     tcfg = params.training_for(name)
-    data, test = load_split(spec.data), load_split("test")
-    torch.manual_seed(spec.seed)
-    net = create_model(spec.arch, ds.num_classes, ds.input_shape, where=f"{where}.arch", **spec.kwargs)
-    model = PixelModel(net, ds.normalization.mean, ds.normalization.std)
-    start = time.perf_counter()
-    history = train(model, data.x, data.y, tcfg, seed=spec.seed, desc=f"train {name}")
-    seconds = time.perf_counter() - start
+    test = load_split("test")
     role = "owner" if name == Params.OWNER else "independent"
+    history: list[float] = []
+    start = time.perf_counter()
+    if spec.source == "file":
+        # Trained elsewhere (a foreign state dict): imported as is, with the same sidecar.
+        if not spec.path:
+            raise ConfigError(f"{where}.path: a model with source 'file' needs the path of its weights")
+        model, _ = load_suspect(spec.path, spec.arch, norm.mean, norm.std, ds.num_classes, ds.input_shape)
+        family = spec.family or f"{spec.arch}/file"
+    else:
+        data = load_split(spec.data)
+        if tcfg.max_samples > 0 and tcfg.max_samples < len(data):
+            keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(spec.seed))[: tcfg.max_samples]
+            data = Split(data.x[keep], data.y[keep])
+        torch.manual_seed(spec.seed)
+        net = create_model(spec.arch, ds.num_classes, ds.input_shape, where=f"{where}.arch", **spec.kwargs)
+        model = PixelModel(net, norm.mean, norm.std)
+        history = train(model, data.x, data.y, tcfg, seed=spec.seed, desc=f"train {name}")
+        family = spec.family or f"{spec.arch}/{spec.data}"
+    seconds = time.perf_counter() - start
     meta = model_meta(
         model, spec.arch, spec.kwargs, ds.num_classes, ds.input_shape,
-        name=name, role=role, family=spec.family or f"{spec.arch}/{spec.data}", lineage=name,
-        dataset=ds.name, train_split=spec.data, params={"model": to_dict(spec), "training": to_dict(tcfg)},
+        name=name, role=role, family=family, lineage=name if spec.source == "train" else f"{name} (file {spec.path})",
+        dataset=ds.name, train_split=spec.data if spec.source == "train" else None,
+        params={"model": to_dict(spec), "training": to_dict(tcfg) if spec.source == "train" else None},
     )
     # Accuracy of the model as stored (what every later stage loads), not of the one in memory.
     stored = build_model(meta, model_tensors(model))

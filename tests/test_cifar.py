@@ -1,0 +1,98 @@
+"""The CIFAR code path on a small synthetic stand-in (no network, no ../shared needed).
+
+The stand-in is an ImageFolder tree of random 32x32 images laid out like the offline CIFAR-10
+copy; the owner is a CIFAR ResNet-20 state dict saved the way the public checkpoints are
+(a `state_dict` wrapper, `module.` prefixes). Its numbers mean nothing: it checks that every
+stage of the cifar10_cpu experiment runs on data of this shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ipguard.config import compose, params_from_dict
+from ipguard.io import load_tensors
+from ipguard.models import create_model
+
+
+def _image_folder(root: Path, per_class: int, classes: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class{c:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("experiment", ["cifar10_cpu"])
+def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str) -> None:
+    from omegaconf import OmegaConf
+
+    data = tmp_path / "cifar"
+    _image_folder(data / "train", 6)
+    _image_folder(data / "test", 2)
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet20.th"
+    state = {f"module.{k}": v for k, v in create_model("cifar_resnet20", 10, (3, 32, 32)).state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": 0.0}, weights)
+
+    cfg = OmegaConf.to_container(compose([f"experiment={experiment}"]), resolve=True)
+    cfg = copy.deepcopy(cfg)
+    cfg["dataset"]["root"] = str(data)
+    cfg["model"]["path"] = str(weights)
+    cfg["zoo"]["models"] = {
+        "resnet32_file": {**cfg["zoo"]["models"]["resnet32_shared"], "path": str(weights), "arch": "cifar_resnet20"},
+        "cnn_s1_owner": cfg["zoo"]["models"]["cnn_s1_owner"],
+    }
+    cfg["training"].update(epochs=1, max_samples=20)
+    cfg["postprocess"] = {k: {**cfg["postprocess"][k], **({"epochs": 1} if "epochs" in cfg["postprocess"][k] else {})}
+                          for k in ("ftll", "prune_50", "float16")}
+    cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 8, "max_iter": 20},
+                          "random_real": {**cfg["fingerprint"]["random_real"], "n": 5}}
+    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [4]}
+    cfg["tracking"]["enabled"] = False
+    params = params_from_dict(cfg)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+
+    from ipguard.stages.effects import effects
+    from ipguard.stages.evaluate import evaluate
+    from ipguard.stages.fingerprint import fingerprint
+    from ipguard.stages.match import match_all
+    from ipguard.stages.postprocess import postprocess
+    from ipguard.stages.prepare import prepare
+    from ipguard.stages.train import train_model
+
+    prepare(params)
+    prepared = load_tensors("data/prepared/owner.safetensors")
+    assert prepared["x"].dtype == torch.uint8 and prepared["x"].shape[1:] == (3, 32, 32)
+    assert load_tensors("data/prepared/test.safetensors")["y"].numel() == 20  # the folder's own test part
+    for name in ("owner", *params.zoo.models):
+        train_model(params, name)
+    owner = json.loads(Path("models/zoo/owner.json").read_text())
+    assert owner["arch"] == "cifar_resnet20" and "file" in owner["lineage"]
+    assert owner["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    for key in params.postprocess:
+        postprocess(params, key)
+    half = json.loads(Path("models/variants/float16.json").read_text())
+    assert half["storage"] == "float16" and half["compute"] == "float32"
+    for key in params.fingerprint:
+        fingerprint(params, key)
+    match_all(params)
+    evaluate(params)
+    effects(params)
+    out = Path("reports") / experiment
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"ipguard", "random_real"}
+    assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
+    assert "Accuracy of every model" in (out / "report.md").read_text()
+    assert os.path.getsize(out / "effects.md") > 0
