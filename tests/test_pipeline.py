@@ -39,7 +39,11 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
 
 
 def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
-    """`dvc repro` runs all stages of a tiny experiment in under a minute; a second does nothing."""
+    """`dvc repro` runs every stage of a tiny experiment; a second run does nothing.
+
+    Its wall time (under a minute on 2 idle cores) is reported, not asserted: timings belong in
+    benchmarks, and a busy machine must not fail the suite.
+    """
     env = _env(dvc_project, IPGUARD_TRACKING="0")
     assert _dvc("init", "-q", cwd=dvc_project, env=env).returncode == 0
     _dvc("config", "core.analytics", "false", cwd=dvc_project, env=env)
@@ -53,7 +57,7 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     stages |= {f"fingerprint@{k}" for k in params["fingerprint"]}
     for stage in stages:
         assert f"Running stage '{stage}'" in proc.stdout, stage
-    assert seconds < 60, f"tiny experiment took {seconds:.1f} s"
+    print(f"tiny experiment: dvc repro of {len(stages)} stages took {seconds:.1f} s")
     report = dvc_project / "reports/tiny"
     metrics = json.loads((report / "metrics.json").read_text())
     overall = metrics["methods"]["ipguard"]["overall"]
