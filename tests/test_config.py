@@ -94,3 +94,16 @@ def test_stage_rejects_unknown_params_key_with_exit_2(tiny_params_file: Path) ->
 def test_load_params_reports_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_experiment_overlays_override_the_primary_config(tmp_path: Path) -> None:
+    """An overlay's value beats conf/config.yaml's own (Hydra's `_self_` comes first)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "experiment" / "stricter.yaml").write_text(
+        "# @package _global_\nexperiment:\n  name: stricter\nevaluate:\n  level: 0.001\n"
+    )
+    data = yaml.safe_load(compose_yaml(["experiment=stricter"], config_dir=conf))
+    assert data["evaluate"]["level"] == 0.001 and data["experiment"]["name"] == "stricter"

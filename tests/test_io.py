@@ -130,3 +130,17 @@ def test_fingerprint_files_are_byte_identical_across_processes(tmp_path: Path) -
         subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120)
         digests.add(sha256_file(out))
     assert len(digests) == 1
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from ipguard.io import write_text
+
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

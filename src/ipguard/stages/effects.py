@@ -18,9 +18,8 @@ from ipguard.io import load_fingerprint_file, write_json, write_text
 from ipguard.models import load_model, predict
 from ipguard.report import md_table, save_figure
 from ipguard.stages.common import fingerprint_path, load_pool, reports_dir, run_stage, suspect_paths
+from ipguard.stages.match import KIND
 from ipguard.tracking import stage_run
-
-KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
 
 
 def _row(agree: dict[str, torch.Tensor], kinds: dict[str, str], max_fpr: float) -> dict[str, float]:
