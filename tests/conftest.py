@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 TINY_ZOO = ("cnn_s1_owner", "mlp_s5_other", "lenet_s2_owner")
-TINY_VARIANTS = ("ftll", "rtal", "prune_50", "int8", "float16")
+TINY_VARIANTS = ("ftll", "rtal", "prune_50", "int8", "float16", "distill_small")
 TINY_METHODS = ("ipguard", "pgd", "akh")
 
 
@@ -31,7 +31,7 @@ def shrink(cfg: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
     cfg["training"]["epochs"] = 8
     cfg["zoo"]["models"] = {k: cfg["zoo"]["models"][k] for k in TINY_ZOO}
     cfg["postprocess"] = {k: cfg["postprocess"][k] for k in TINY_VARIANTS}
-    for key in ("ftll", "rtal"):
+    for key in ("ftll", "rtal", "distill_small"):
         cfg["postprocess"][key]["epochs"] = 3
     cfg["fingerprint"] = {k: cfg["fingerprint"][k] for k in TINY_METHODS}
     for entry in cfg["fingerprint"].values():

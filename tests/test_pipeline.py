@@ -63,7 +63,7 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     overall = metrics["methods"]["ipguard"]["overall"]
     assert 0.0 <= overall["aruc"] <= 1.0 and 0.0 <= overall["auc"] <= 1.0
     assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
-    assert set(metrics["methods"]["ipguard"]["families"]) == {"ftll", "rtal", "prune", "quantization"}
+    assert set(metrics["methods"]["ipguard"]["families"]) == {"ftll", "rtal", "prune", "quantization", "distillation"}
     text = (report / "report.md").read_text()
     assert "| ipguard |" in text and "Accuracy of every model" in text
     assert (report / "figures/robustness_uniqueness.png").stat().st_size > 1000

@@ -198,3 +198,81 @@ def float16(model: PixelModel, data: Split, seed: int, compute: str = "half") ->
         out.net.float()
     out.storage = "float16"
     return out
+
+
+def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mapping[str, object] | None) -> PixelModel:
+    """A freshly initialised network: the owner's architecture, or ``arch`` with ``arch_kwargs``."""
+    from ipguard.models import create_model
+
+    spec = getattr(model, "arch_spec", None)
+    if arch is None and spec is None:
+        raise ConfigError("distillation: the owner's architecture is unknown; give student_arch")
+    name, kwargs = (arch, dict(arch_kwargs or {})) if arch is not None else spec
+    inputs = tuple(int(s) for s in model.input_shape)
+    torch.manual_seed(seed)
+    net = create_model(name, model.num_classes, inputs, where="postprocess.student_arch", **kwargs)
+    student = PixelModel(net, model.mean.flatten().tolist(), model.std.flatten().tolist())
+    student.arch_spec = (name, kwargs)
+    student.input_shape, student.num_classes = model.input_shape, model.num_classes
+    return student
+
+
+@torch.no_grad()
+def _owner_outputs(model: PixelModel, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+def _fit(student: PixelModel, x: torch.Tensor, target: torch.Tensor, soft: bool, temperature: float,
+         epochs: int, lr: float, batch_size: int, optimizer: str, seed: int, desc: str) -> None:
+    from ipguard.progress import bar
+    from ipguard.training import Optimizer, lr_factor
+
+    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    opt = Optimizer(student.parameters(), cfg)
+    gen = torch.Generator().manual_seed(seed)
+    total, step = epochs * -(-x.shape[0] // batch_size), 0
+    student.train()
+    for _ in bar(range(epochs), desc=desc, unit="epoch"):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i : i + batch_size]
+            opt.zero_grad()
+            logits = student(x[idx])
+            if soft:
+                # Hinton et al.'s soft-label loss, scaled by T² so its gradients keep their size.
+                loss = torch.nn.functional.kl_div(
+                    torch.log_softmax(logits / temperature, 1), torch.softmax(target[idx] / temperature, 1),
+                    reduction="batchmean") * temperature**2
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, target[idx])
+            loss.backward()
+            opt.step(lr * lr_factor("cosine", step, total))
+            step += 1
+    student.eval()
+
+
+@register_postprocess("distill")
+def distill(
+    model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
+    temperature: float = 4.0, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+) -> PixelModel:
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015): a fresh student fitted to the owner's
+    softened outputs on ``data`` (labels unused). Same architecture by default, or ``student_arch``."""
+    if temperature <= 0:
+        raise ConfigError(f"distill.temperature: must be > 0, got {temperature}")
+    student = _student(model, seed, student_arch, student_kwargs)
+    _fit(student, data.x, _owner_outputs(model, data.x), True, temperature, epochs, lr, batch_size, optimizer, seed, "distill")
+    return student
+
+
+@register_postprocess("extract")
+def extract(
+    model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
+    epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+) -> PixelModel:
+    """Label-only model extraction: a surrogate trained on the owner's predicted labels (no
+    probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019)."""
+    student = _student(model, seed, student_arch, student_kwargs)
+    labels = _owner_outputs(model, data.x).argmax(1)
+    _fit(student, data.x, labels, False, 1.0, epochs, lr, batch_size, optimizer, seed, "extract")
+    return student
