@@ -64,12 +64,8 @@ def tiny_params_file(tmp_path: Path, composed: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]) -> Path:
-    """Every stage of the tiny experiment, run in-process once, tracking off; returns the folder."""
-    import copy
-
-    from ipguard.config import params_from_dict
+def run_every_stage(params: Any) -> None:
+    """Every stage of the pipeline, in-process and in order, in the current folder."""
     from ipguard.stages.effects import effects
     from ipguard.stages.evaluate import evaluate
     from ipguard.stages.fingerprint import fingerprint
@@ -77,6 +73,25 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]
     from ipguard.stages.postprocess import postprocess
     from ipguard.stages.prepare import prepare
     from ipguard.stages.train import train_model
+
+    prepare(params)
+    for name in ("owner", *params.zoo.models):
+        train_model(params, name)
+    for key in params.postprocess:
+        postprocess(params, key)
+    for key in params.fingerprint:
+        fingerprint(params, key)
+    match_all(params)
+    evaluate(params)
+    effects(params)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]) -> Path:
+    """Every stage of the tiny experiment, run in-process once, tracking off; returns the folder."""
+    import copy
+
+    from ipguard.config import params_from_dict
 
     root = tmp_path_factory.mktemp("workspace")
     cfg = shrink(copy.deepcopy(composed), "sqlite:///unused.db")
@@ -86,16 +101,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]
     old = Path.cwd()
     os.chdir(root)
     try:
-        prepare(params)
-        for name in ("owner", *params.zoo.models):
-            train_model(params, name)
-        for key in params.postprocess:
-            postprocess(params, key)
-        for key in params.fingerprint:
-            fingerprint(params, key)
-        match_all(params)
-        evaluate(params)
-        effects(params)
+        run_every_stage(params)
     finally:
         os.chdir(old)
     return root

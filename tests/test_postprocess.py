@@ -101,13 +101,12 @@ def test_unknown_postprocess_is_named(in_workspace: Path) -> None:
 @pytest.mark.parametrize(("method", "kwargs"), [("distill", {}), ("distill", {"student_arch": "mlp", "student_kwargs": {"hidden": [32]}}), ("extract", {})])
 def test_students_learn_the_owner_without_its_weights(in_workspace: Path, method: str, kwargs: dict) -> None:
     owner, meta = load_model("models/zoo/owner.safetensors")
-    owner.arch_spec = (meta["arch"], meta["arch_kwargs"])
-    owner.input_shape, owner.num_classes = meta["input_shape"], meta["num_classes"]
     student = apply_postprocess(method, owner, load_split("other"), seed=0, epochs=10, **kwargs)
     test = load_split("test")
     agreement = float((student(test.x).argmax(1) == owner(test.x).argmax(1)).float().mean())
     # Chance is 0.1; a small student after 10 short epochs is weaker than one of the owner's size.
     assert agreement > (0.8 if "student_arch" not in kwargs else 0.5)
-    assert student.arch_spec[0] == kwargs.get("student_arch", meta["arch"])
+    assert student.arch == kwargs.get("student_arch", meta["arch"])
+    assert student.input_shape == tuple(meta["input_shape"]) and student.num_classes == meta["num_classes"]
     if "student_arch" not in kwargs:
         assert _changed(owner, student), "a student is trained from scratch, not copied"

@@ -68,8 +68,10 @@ class ModelCfg:
 
     arch: str = "cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    source: str = "train"
-    path: str | None = None
+    source: str = "train"       # train | file | package
+    path: str | None = None     # file: the weights; package: the weights' path inside the package
+    package: str | None = None  # package: an installed Python package that ships the weights
+    key_map: str = "names"      # imported weights: match tensors by "names", or by "order" (same shapes in turn)
     data: str = "owner"
     seed: int = 0
     family: str | None = None

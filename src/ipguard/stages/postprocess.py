@@ -23,16 +23,12 @@ def postprocess(params: Params, key: str | None) -> None:
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_postprocess(method, kwargs, f"postprocess.{key}")
     owner, owner_meta = load_zoo_model(Params.OWNER)
-    # What distillation and extraction need to build a student of the owner's architecture.
-    owner.arch_spec = (owner_meta["arch"], dict(owner_meta.get("arch_kwargs", {})))
-    owner.input_shape, owner.num_classes = owner_meta["input_shape"], owner_meta["num_classes"]
     data = load_split(entry.get("data", "owner"))
     seed = int(entry.get("seed", 0))
     variant = apply_postprocess(method, owner, data, seed, where=f"postprocess.{key}", **kwargs)
     args = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
-    arch, arch_kwargs = getattr(variant, "arch_spec", (owner_meta["arch"], owner_meta["arch_kwargs"]))
     meta = model_meta(
-        variant, arch, arch_kwargs, owner_meta["num_classes"], owner_meta["input_shape"],
+        variant, variant.arch or owner_meta["arch"], variant.arch_kwargs, owner_meta["num_classes"], owner_meta["input_shape"],
         name=key, role="positive", family=entry.get("family", method),
         lineage=f"{owner_meta['lineage']} > {method}({args})", parent_sha256=owner_meta["sha256"],
         dataset=owner_meta["dataset"], params={"postprocess": entry},

