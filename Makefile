@@ -24,9 +24,12 @@ test-all: env
 params: env
 	@$(ACTIVATE) && python -m ipguard.config compose $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) > params.yaml.new && mv params.yaml.new params.yaml
 
-# The MLflow UI over this checkout's runs, on the loopback interface only.
+# The MLflow UI over this checkout's runs (tracking.uri of params.yaml), on the loopback interface
+# only: http://127.0.0.1:5000 (PORT=... for another port, TRACKING_URI=... for another store).
+TRACKING_URI ?= sqlite:///mlflow.db
+PORT ?= 5000
 ui: env
-	@$(ACTIVATE) && mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $${PORT:-5000}
+	@$(ACTIVATE) && exec mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -96,3 +96,52 @@ def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeyp
     assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
     assert "Accuracy of every model" in (out / "report.md").read_text()
     assert os.path.getsize(out / "effects.md") > 0
+
+
+# Where the paper experiments' smoke test computes: cpu here and in CI; a GPU machine sets cuda.
+PAPER_DEVICE = os.environ.get("IPGUARD_TEST_DEVICE", "cpu")
+
+
+@pytest.mark.parametrize(("experiment", "classes"), [("cifar10_paper", 10), ("cifar100_paper", 100)])
+def test_paper_experiment_runs_under_tiny_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str, classes: int
+) -> None:
+    """The GPU experiments end to end on a stand-in, cut to seconds: one model of each
+    architecture, one epoch on 16 images, 4-point sets; ``runtime.device`` from IPGUARD_TEST_DEVICE."""
+    from omegaconf import OmegaConf
+
+    from conftest import run_every_stage
+
+    data = tmp_path / "cifar"
+    _image_folder(data / "train", 2, classes)
+    _image_folder(data / "test", 1, classes)
+    cfg = copy.deepcopy(OmegaConf.to_container(compose([f"experiment={experiment}"]), resolve=True))
+    zoo = cfg["zoo"]["models"]
+    archs = {spec["arch"] for spec in zoo.values()}
+    assert len(zoo) >= 50 and len(archs) >= 5, "the issue asks for >= 50 independents over >= 5 architectures"
+    assert cfg["model"]["source"] == "train" and cfg["runtime"]["device"] == "cuda"
+    assert cfg["dataset"]["num_classes"] == classes
+    cfg["zoo"]["models"] = {next(k for k, s in zoo.items() if s["arch"] == arch): zoo[next(k for k, s in zoo.items() if s["arch"] == arch)]
+                            for arch in sorted(archs)}
+    cfg["dataset"]["root"] = str(data)
+    cfg["runtime"]["device"] = PAPER_DEVICE
+    cfg["training"].update(epochs=1, max_samples=16)
+    cfg["postprocess"] = {k: {**cfg["postprocess"][k], **({"epochs": 1} if "epochs" in cfg["postprocess"][k] else {})}
+                          for k in ("ftll", "rtal", "prune_50", "int8", "float16", "distill_small", "extract")}
+    cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 4, "max_iter": 5},
+                          "random_real": {**cfg["fingerprint"]["random_real"], "n": 4}}
+    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [2]}
+    cfg["tracking"]["enabled"] = False
+    params = params_from_dict(cfg)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    run_every_stage(params)
+    for name, spec in params.zoo.models.items():
+        meta = json.loads((Path("models/zoo") / f"{name}.json").read_text())
+        assert meta["arch"] == spec.arch and meta["num_classes"] == classes and meta["role"] == "independent"
+    owner = json.loads(Path("models/zoo/owner.json").read_text())
+    assert owner["arch"] == "cifar_resnet20" and owner["lineage"] == "owner"
+    metrics = json.loads((Path("reports") / experiment / "metrics.json").read_text())
+    assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
+    report = (Path("reports") / experiment / "report.md").read_text()
+    assert all(name in report for name in params.zoo.models)

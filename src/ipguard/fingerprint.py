@@ -183,7 +183,7 @@ def ipguard(
                 x[move] = x_new.clamp(0.0, 1.0) if clamp else x_new
     labels = predict(model, x)
     return FingerprintSet(
-        inputs=x.detach(), labels=labels, converged=done.clone(), iterations=steps, start_labels=i, targets=j
+        inputs=x.detach().cpu(), labels=labels, converged=done.cpu(), iterations=steps.cpu(), start_labels=i.cpu(), targets=j.cpu()
     )
 
 
@@ -211,8 +211,9 @@ def random_real(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num
 
 def _attack(model: nn.Module, attack: object, picked: Split, seed: int) -> FingerprintSet:
     torch.manual_seed(seed)  # the attacks' random starts draw from torch's global generator
-    adv = attack(picked.x, picked.y)  # type: ignore[operator]
-    adv = adv.detach().clamp(0.0, 1.0)
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    adv = attack(picked.x.to(device), picked.y.to(device))  # type: ignore[operator]
+    adv = adv.detach().cpu().clamp(0.0, 1.0)
     labels = predict(model, adv)
     flipped = labels != picked.y
     return FingerprintSet(inputs=adv, labels=labels, extra={"flipped_share": float(flipped.float().mean())})

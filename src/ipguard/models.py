@@ -204,7 +204,7 @@ class PixelModel(nn.Module):
 
 def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:
     """The tensors to store for ``model``, packed as its ``storage`` says."""
-    state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
     if model.storage == "float16":
         return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if model.storage == "int8":
@@ -246,12 +246,12 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
     return model
 
 
-def load_model(path: str) -> tuple[PixelModel, dict[str, Any]]:
+def load_model(path: str, device: str = "cpu") -> tuple[PixelModel, dict[str, Any]]:
     """Load a project model file (safetensors + sidecar) as a ready-to-run :class:`PixelModel`."""
     from ipguard.io import load_model_file
 
     tensors, meta = load_model_file(path)
-    return build_model(meta, tensors, source=str(path)), meta
+    return build_model(meta, tensors, source=str(path)).to(device), meta
 
 
 def model_meta(
@@ -275,12 +275,13 @@ def model_meta(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Labels of ``x`` under ``model``, in batches."""
+    """Labels of ``x`` under ``model``, in batches on the model's device (labels come back on the CPU)."""
     model.eval()
-    out = [model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    device = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Share of ``x`` that ``model`` labels as ``y``."""
-    return float((predict(model, x, batch_size) == y).float().mean())
+    return float((predict(model, x, batch_size) == y.cpu()).float().mean())

@@ -10,6 +10,7 @@ FTLL, FTAL, RTLL, RTAL. Pruning and quantization follow the post-processing of I
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -209,7 +210,7 @@ def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mappin
     name, kwargs = (arch, dict(arch_kwargs or {})) if arch is not None else (str(model.arch), dict(model.arch_kwargs))
     torch.manual_seed(seed)
     net = create_model(name, model.num_classes, model.input_shape, where="postprocess.student_arch", **kwargs)
-    student = PixelModel(net, model.mean.flatten().tolist(), model.std.flatten().tolist())
+    student = PixelModel(net, model.mean.flatten().tolist(), model.std.flatten().tolist()).to(model.mean.device)
     student.arch, student.arch_kwargs = name, kwargs
     student.num_classes, student.input_shape = model.num_classes, model.input_shape
     return student
@@ -217,36 +218,15 @@ def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mappin
 
 @torch.no_grad()
 def _owner_outputs(model: PixelModel, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    return torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    device = model.mean.device
+    return torch.cat([model(x[i : i + batch].to(device)).cpu() for i in range(0, x.shape[0], batch)])
 
 
-def _fit(student: PixelModel, x: torch.Tensor, target: torch.Tensor, soft: bool, temperature: float,
-         epochs: int, lr: float, batch_size: int, optimizer: str, seed: int, desc: str) -> None:
-    from ipguard.progress import bar
-    from ipguard.training import Optimizer, lr_factor
-
-    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
-    opt = Optimizer(student.parameters(), cfg)
-    gen = torch.Generator().manual_seed(seed)
-    total, step = epochs * -(-x.shape[0] // batch_size), 0
-    student.train()
-    for _ in bar(range(epochs), desc=desc, unit="epoch"):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i : i + batch_size]
-            opt.zero_grad()
-            logits = student(x[idx])
-            if soft:
-                # Hinton et al.'s soft-label loss, scaled by T² so its gradients keep their size.
-                loss = torch.nn.functional.kl_div(
-                    torch.log_softmax(logits / temperature, 1), torch.softmax(target[idx] / temperature, 1),
-                    reduction="batchmean") * temperature**2
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, target[idx])
-            loss.backward()
-            opt.step(lr * lr_factor("cosine", step, total))
-            step += 1
-    student.eval()
+def soft_label_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-label loss, scaled by T² so that its gradients keep their size."""
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(logits / temperature, 1), torch.softmax(teacher / temperature, 1), reduction="batchmean"
+    ) * temperature**2
 
 
 @register_postprocess("distill")
@@ -259,7 +239,9 @@ def distill(
     if temperature <= 0:
         raise ConfigError(f"distill.temperature: must be > 0, got {temperature}")
     student = _student(model, seed, student_arch, student_kwargs)
-    _fit(student, data.x, _owner_outputs(model, data.x), True, temperature, epochs, lr, batch_size, optimizer, seed, "distill")
+    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    train(student, data.x, _owner_outputs(model, data.x), cfg, seed, desc="distill",
+          loss=functools.partial(soft_label_loss, temperature=temperature))
     return student
 
 
@@ -272,5 +254,5 @@ def extract(
     probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019)."""
     student = _student(model, seed, student_arch, student_kwargs)
     labels = _owner_outputs(model, data.x).argmax(1)
-    _fit(student, data.x, labels, False, 1.0, epochs, lr, batch_size, optimizer, seed, "extract")
+    train(student, data.x, labels, TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer), seed, desc="extract")
     return student

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -75,9 +75,12 @@ def train(
     seed: int,
     parameters: Iterable[nn.Parameter] | None = None,
     desc: str = "train",
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
-    """Train ``model`` on ``(x, y)`` in place with cross-entropy; returns the mean loss per epoch.
+    """Train ``model`` on ``(x, y)`` in place; returns the mean loss per epoch.
 
+    ``loss(logits, y_batch)`` is cross-entropy on labels unless given (distillation passes a
+    soft-label loss with the teacher's logits as ``y``).
     ``parameters`` restricts what is updated (the last layer, for FTLL/RTLL); everything else
     keeps its values. Shuffling is seeded, so equal inputs give equal weights on CPU.
     """
@@ -93,7 +96,8 @@ def train(
     total = cfg.epochs * math.ceil(x.shape[0] / cfg.batch_size)
     step = 0
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss if loss is not None else nn.CrossEntropyLoss()
+    device = next(model.parameters()).device  # data stays on the CPU; batches go to the model
     history: list[float] = []
     # Fine-tuning only the last layer keeps the rest frozen, batch-norm statistics included.
     model.train(parameters is None)
@@ -104,11 +108,11 @@ def train(
             for i in range(0, x.shape[0], cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(model(x[idx]), y[idx])
-                loss.backward()
+                batch_loss = loss_fn(model(x[idx].to(device)), y[idx].to(device))
+                batch_loss.backward()
                 opt.step(cfg.lr * lr_factor(cfg.schedule, step, total))
                 step += 1
-                total_loss += loss.item() * idx.shape[0]
+                total_loss += batch_loss.item() * idx.shape[0]
             history.append(total_loss / x.shape[0])
     finally:
         for p in model.parameters():

@@ -12,7 +12,7 @@ import torch
 
 from ipguard.config import Params, RuntimeCfg, load_params
 from ipguard.data import SPLITS, Split
-from ipguard.errors import IpguardError
+from ipguard.errors import ConfigError, IpguardError
 from ipguard.io import load_tensors
 from ipguard.models import PixelModel, load_model
 
@@ -71,8 +71,8 @@ def load_pool(name: str) -> Split:
     return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
-def load_zoo_model(name: str) -> tuple[PixelModel, dict]:
-    return load_model(str(zoo_path(name)))
+def load_zoo_model(name: str, device: str = "cpu") -> tuple[PixelModel, dict]:
+    return load_model(str(zoo_path(name)), device)
 
 
 def suspect_paths(params: Params) -> list[tuple[str, Path]]:
@@ -85,12 +85,23 @@ def suspect_paths(params: Params) -> list[tuple[str, Path]]:
 
 def setup_runtime(cfg: RuntimeCfg) -> None:
     """Threads and determinism: same config and seed give the same bytes on CPU."""
+    if cfg.device != "cpu":
+        try:
+            kind = torch.device(cfg.device).type
+        except RuntimeError as exc:
+            raise ConfigError(f"runtime.device: '{cfg.device}' is not a torch device ({exc})") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"runtime.device: '{cfg.device}' asked for, but torch sees no CUDA device here")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     # CPU kernels are deterministic for a fixed thread count already; the switch matters on
     # CUDA only, and turning it on imports torch's compiler stack (~1.7 s per stage).
     if cfg.deterministic and cfg.device.startswith("cuda"):
-        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.backends.cudnn.benchmark = False
+        # warn_only: a few backward kernels (adaptive pooling, for one) have no deterministic CUDA
+        # version; they warn instead of stopping a long GPU run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def run_stage(description: str, body: Callable[[Params, str | None], None], takes_key: bool = False) -> None:

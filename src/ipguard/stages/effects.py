@@ -44,7 +44,7 @@ def effects(params: Params, key: str | None = None) -> None:
     models = {}
     kinds = {}
     for name, path in suspect_paths(params):
-        models[name], meta = load_model(str(path))
+        models[name], meta = load_model(str(path), params.runtime.device)
         kinds[name] = KIND[meta["role"]]
     owner = models[Params.OWNER]
     ds, max_fpr, batch = params.dataset, params.evaluate.max_fpr, params.evaluate.batch_size

@@ -20,7 +20,7 @@ def fingerprint(params: Params, key: str | None) -> None:
     entry = dict(params.fingerprint[key])
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_method(entry["method"], kwargs, f"fingerprint.{key}")
-    owner, owner_meta = load_zoo_model(Params.OWNER)
+    owner, owner_meta = load_zoo_model(Params.OWNER, params.runtime.device)
     pool = load_pool(entry.get("pool", "test"))
     ds = params.dataset
     result = generate(entry["method"], owner, pool, tuple(ds.input_shape), ds.num_classes, where=f"fingerprint.{key}", **kwargs)

@@ -8,8 +8,11 @@ copies (positives). Reads ``zoo``, ``postprocess``, ``fingerprint`` (which entri
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
+import torch
 
 from ipguard.config import Params
 from ipguard.io import load_fingerprint_file, write_text
@@ -21,11 +24,11 @@ from ipguard.verify import match
 KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
 
 
-def match_all(params: Params, key: str | None = None) -> None:
-    sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
+def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per (fingerprint set, suspect): matches, matching rate and the suspect's sidecar facts."""
     rows = []
     for name, path in suspect_paths(params):
-        model, meta = load_model(str(path))
+        model, meta = load_model(str(path), params.runtime.device)
         for method, (inputs, labels, fmeta) in sets.items():
             result = match(model, inputs, labels, params.evaluate.batch_size)
             rows.append({
@@ -40,9 +43,14 @@ def match_all(params: Params, key: str | None = None) -> None:
                 "matches": result.matches,
                 "n": result.n,
                 "matching_rate": result.matching_rate,
-                "fingerprint_sha256": fmeta["sha256"],
+                "fingerprint_sha256": fmeta.get("sha256"),
             })
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def match_all(params: Params, key: str | None = None) -> None:
+    sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
+    table = match_table(params, sets)
     out = reports_dir(params) / "matching_rates.csv"
     buffer = io.StringIO()
     table.to_csv(buffer, index=False, float_format="%.6f", lineterminator="\n")

@@ -22,7 +22,7 @@ def postprocess(params: Params, key: str | None) -> None:
     method = entry["method"]
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_postprocess(method, kwargs, f"postprocess.{key}")
-    owner, owner_meta = load_zoo_model(Params.OWNER)
+    owner, owner_meta = load_zoo_model(Params.OWNER, params.runtime.device)
     data = load_split(entry.get("data", "owner"))
     seed = int(entry.get("seed", 0))
     variant = apply_postprocess(method, owner, data, seed, where=f"postprocess.{key}", **kwargs)
@@ -34,7 +34,7 @@ def postprocess(params: Params, key: str | None) -> None:
         dataset=owner_meta["dataset"], params={"postprocess": entry},
     )
     test = load_split("test")
-    stored = build_model(meta, model_tensors(variant))
+    stored = build_model(meta, model_tensors(variant)).to(params.runtime.device)
     meta["test_accuracy"] = accuracy(stored, test.x, test.y)
     save_model_file(variant_path(key), model_tensors(variant), meta)
     with stage_run(params.tracking, params.experiment.name, f"postprocess:{key}", {"stage": "postprocess", "key": key}) as run:

@@ -47,7 +47,7 @@ def train_model(params: Params, name: str | None) -> None:
             data = Split(data.x[keep], data.y[keep])
         torch.manual_seed(spec.seed)
         net = create_model(spec.arch, ds.num_classes, ds.input_shape, where=f"{where}.arch", **spec.kwargs)
-        model = PixelModel(net, norm.mean, norm.std)
+        model = PixelModel(net, norm.mean, norm.std).to(params.runtime.device)
         history = train(model, data.x, data.y, tcfg, seed=spec.seed, desc=f"train {name}")
         family = spec.family or f"{spec.arch}/{spec.data}"
     seconds = time.perf_counter() - start
@@ -58,7 +58,7 @@ def train_model(params: Params, name: str | None) -> None:
         params={"model": to_dict(spec), "training": to_dict(tcfg) if spec.source == "train" else None},
     )
     # Accuracy of the model as stored (what every later stage loads), not of the one in memory.
-    stored = build_model(meta, model_tensors(model))
+    stored = build_model(meta, model_tensors(model)).to(params.runtime.device)
     meta["test_accuracy"] = accuracy(stored, test.x, test.y)
     meta["final_train_loss"] = history[-1] if history else None
     save_model_file(zoo_path(name), model_tensors(model), meta)
