@@ -88,7 +88,8 @@ def main() -> None:
     floor = point_iters * per_image
 
     result = {
-        "device": args.device, "torch_threads": torch.get_num_threads(), "settings": settings,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+        "torch": torch.__version__, "model": Path(args.model).name, "torch_threads": torch.get_num_threads(), "settings": settings,
         "point_iterations": point_iters, "mean_iterations": float(fp.iterations.float().mean()),
         "max_iterations": int(fp.iterations.max()), "converged_share": float(fp.converged.float().mean()),
         "not_converged": int((~fp.converged).sum()), "batched_seconds": batched,
@@ -106,9 +107,10 @@ def main() -> None:
         pts, iters, done = ipguard_per_point(model, x0.to(args.device), i0.to(args.device), j0.to(args.device),
                                              args.k, args.lr, args.max_iter)
         _sync(args.device)
-        result |= {"per_point_seconds": time.perf_counter() - t, "per_point_point_iterations": int(iters.sum()),
+        per_point = time.perf_counter() - t
+        result |= {"per_point_seconds": per_point, "per_point_point_iterations": int(iters.sum()),
                    "per_point_converged_share": float(done.float().mean()),
-                   "batched_speedup_over_per_point": (time.perf_counter() - t) / batched}
+                   "batched_speedup_over_per_point": per_point / batched}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -75,6 +75,10 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     plots = _dvc("plots", "show", "-o", str(dvc_project / "plots_html"), cwd=dvc_project, env=env)
     assert plots.returncode == 0, plots.stderr
     assert (dvc_project / "plots_html/index.html").is_file()
+    drawn = json.loads(_dvc("plots", "show", "--json", cwd=dvc_project, env=env).stdout)["data"]
+    shown = " ".join(drawn)
+    for source in ("plots/curves/ipguard.csv", "plots/roc/ipguard.csv", "plots/matching_rates/ipguard.csv", "plots/effects_k.csv"):
+        assert source in shown, f"dvc plots show does not draw {source}"
 
 
 def test_stages_are_recorded_in_mlflow(tiny_params_file: Path) -> None:

@@ -71,6 +71,9 @@ def effects(params: Params, key: str | None = None) -> None:
             f"## Margin k (`{cfg.method}`, fresh points at each k; models reused)\n\n" + md_table(rename(k_rows)) +
             "\n## Number of points n (the first n points of each set; nothing regenerated)\n\n" + md_table(rename(n_rows)))
     write_text(out / "effects.md", text)
+    keys = ("k", "ARUC", "mean MR positives", "mean MR negatives")
+    plot = "".join(",".join(f"{r[key]:.6g}" for key in keys) + "\n" for r in k_rows)
+    write_text(out / "plots" / "effects_k.csv", ",".join(keys) + "\n" + plot)
     _figure(k_rows, out / "figures_effects" / "aruc_vs_k.png", cfg.method)
     with stage_run(params.tracking, params.experiment.name, "effects", {"stage": "effects"}) as run:
         run.log_params({"effects": {"method": cfg.method, "k": cfg.k, "n": cfg.n}})
@@ -78,6 +81,7 @@ def effects(params: Params, key: str | None = None) -> None:
             run.log_metrics({"k": r["k"], "aruc": r["ARUC"], "auc": r["AUC"]}, step=step)
         run.log_artifact(out / "effects.md")
         run.log_artifact(out / "figures_effects" / "aruc_vs_k.png")
+        run.log_artifact(out / "plots" / "effects_k.csv", "plots")
 
 
 def _figure(rows: list[dict[str, float]], path: object, method: str) -> None:

@@ -54,7 +54,8 @@ def evaluate(params: Params, key: str | None = None) -> None:
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
                                                   max_fpr, verdicts, calibrations, level))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
-    for sub, tables in (("plots/curves", curves(table)), ("plots/roc", rocs(table))):
+    per_method = {str(m): df[["suspect", "kind", "family", "matching_rate"]] for m, df in table.groupby("method", sort=False)}
+    for sub, tables in (("plots/curves", curves(table)), ("plots/roc", rocs(table)), ("plots/matching_rates", per_method)):
         shutil.rmtree(out / sub, ignore_errors=True)
         for method, df in tables.items():
             write_text(out / sub / f"{method}.csv", _csv(df))
