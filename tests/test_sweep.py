@@ -73,3 +73,16 @@ def test_sweep_refuses_bad_input_with_exit_2(project: Path, tmp_path: Path) -> N
     assert out.returncode == 2 and "run `dvc repro` first" in out.stderr
     out = _sweep(project, "fingerprint.k=-1")
     assert out.returncode == 2 and "k >= 0" in out.stderr
+
+
+def test_slurm_launcher_config_composes_onto_submitit() -> None:
+    """`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml) is submitit's SLURM launcher."""
+    from hydra import compose, initialize_config_dir
+
+    from ipguard.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("sweep", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+    assert cfg.hydra.callbacks.mlflow_parent._target_ == "ipguard.sweep.MlflowParentRun"

@@ -51,7 +51,14 @@ def build(reports: Path) -> str:
                          "mean MR positives": r["mean MR positives"], "mean MR negatives": r["mean MR negatives"],
                          "converged share": r["converged share"]})
     parts.append(md_table(rows))
-    parts.append("\nGeneration cost (seconds, iterations, converged share per method) is the last table of each report.md.\n")
+    parts.append("\n## Generation cost (the fingerprint stage, on the machine that ran the experiment)\n")
+    rows = []
+    for exp in experiments:
+        cost_file = reports / exp / "generation_cost.json"
+        for method, c in (json.loads(cost_file.read_text()) if cost_file.is_file() else {}).items():
+            rows.append({"experiment": exp, "method": method, "n": int(c["n"]) if "n" in c else None, "seconds": c.get("seconds"),
+                         "mean iterations": c.get("mean_iterations"), "converged share": c.get("converged_share")})
+    parts.append(md_table(rows) if rows else "(no generation_cost.json yet: rerun the evaluate stage)\n")
     return "\n".join(parts)
 
 

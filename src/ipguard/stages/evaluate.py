@@ -50,6 +50,8 @@ def evaluate(params: Params, key: str | None = None) -> None:
         if cost_file.is_file():
             costs[method] = json.loads(cost_file.read_text())
     write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "methods": metrics})
+    # Seconds vary between runs, so the cost is kept apart from the (deterministic) metrics.
+    write_json(out / "generation_cost.json", {m: c.get("stats", {}) for m, c in costs.items()})
     write_text(out / "verdicts.csv", _csv(verdicts))
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
                                                   max_fpr, verdicts, calibrations, level))
