@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--launchers", default="basic,basic+threads=0,joblib,submitit_local",
                     help="launchers to compare; NAME+KEY=VALUE adds an override (threads=0: torch's own thread count)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--override", action="append", default=[], help="an override for every sweep (e.g. fingerprint.n=1000)")
     ap.add_argument("--out")
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
@@ -50,7 +51,7 @@ def main() -> None:
             name, *extra = launcher.split("+")
             sweep_dir = Path("multirun") / f"bench-{launcher.replace('+', '-').replace('=', '')}-{round_}-{int(time.time())}"
             cmd = [sys.executable, "-m", "ipguard.sweep", "-m", f"fingerprint.k={args.values}",
-                   f"hydra/launcher={name}", f"hydra.sweep.dir={sweep_dir}", *extra]
+                   f"hydra/launcher={name}", f"hydra.sweep.dir={sweep_dir}", *args.override, *extra]
             start = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
@@ -60,7 +61,7 @@ def main() -> None:
             runs[launcher].append({"seconds": seconds, "jobs": jobs, "mlflow_children": children(sweep_dir)})
             print(f"{launcher} round {round_}: {seconds:.1f} s, {jobs} jobs", flush=True)
     median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    result = {"values": args.values, "cpus": os.cpu_count(), "runs": runs, "median_seconds": median}
+    result = {"values": args.values, "overrides": args.override, "cpus": os.cpu_count(), "runs": runs, "median_seconds": median}
     if "basic" in median:
         result["share_of_basic"] = {name: s / median["basic"] for name, s in median.items()}
     text = json.dumps(result, indent=2)

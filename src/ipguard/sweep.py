@@ -51,6 +51,7 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     """Generate, match and evaluate one point of the sweep; writes ``outdir`` and returns the result."""
     import torch
 
+    start_ms = int(time.time() * 1000)
     from ipguard.config import Params, load_params
     from ipguard.errors import ConfigError
     from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
@@ -99,12 +100,14 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
             **{f"generation.{k}": v for k, v in fp.stats().items()},
         },
         "figures": [str(p) for p in figures],
+        "start_ms": start_ms,
+        "end_ms": int(time.time() * 1000),
     }
     (outdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result
 
 
-def _log_child(params_file: str, result: dict[str, Any], outdir: Path, parent: Mapping[str, str] | None, start_ms: int) -> None:
+def _log_child(params_file: str, result: dict[str, Any], outdir: Path, parent: Mapping[str, str] | None, client: Any = None) -> None:
     """The job's MLflow run (a child of the sweep's parent run when there is one)."""
     from ipguard.config import load_params
     from ipguard.tracking import flatten, log_payload, tracking_enabled
@@ -118,15 +121,15 @@ def _log_child(params_file: str, result: dict[str, Any], outdir: Path, parent: M
     metrics = [(k, float(v), 0) for k, v in result["metrics"].items() if isinstance(v, (int, float))]
     log_payload({
         "uri": tracking.uri, "experiment": f"{tracking.experiment_prefix}-{result['experiment']}",
-        "run_name": f"sweep:{_job_name(result['overrides'])}", "tags": tags, "start_ms": start_ms,
-        "end_ms": int(time.time() * 1000), "status": "FINISHED",
+        "run_name": f"sweep:{_job_name(result['overrides'])}", "tags": tags, "start_ms": result["start_ms"],
+        "end_ms": result["end_ms"], "status": "FINISHED",
         "params": {**{k: str(v) for k, v in flatten({"fingerprint": result["fingerprint"]}).items()},
                    **{f"override.{k}": str(v) for k, v in result["overrides"].items()}},
         "metrics": metrics,
         "artifacts": [(str(outdir / RESULT_FILE), None), (str(outdir / "matching_rates.csv"), None),
                       (str(outdir / "verdicts.csv"), None), (str(outdir / "figures"), "figures"),
                       (str(outdir / "curves"), "plots/curves"), (str(outdir / "roc"), "plots/roc")],
-    })
+    }, client)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
@@ -139,25 +142,28 @@ def main(cfg: DictConfig) -> float:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hc = HydraConfig.get()
     outdir = Path(hc.runtime.output_dir)
-    parent_file = Path(hc.sweep.dir) / PARENT_FILE
-    parent = json.loads(parent_file.read_text()) if hc.mode.name == "MULTIRUN" and parent_file.is_file() else None
-    start_ms = int(time.time() * 1000)
     try:
         result = run_job(cfg, outdir)
     except IpguardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    _log_child(cfg.params_file, result, outdir, parent, start_ms)
+    if hc.mode.name != "MULTIRUN":
+        _log_child(cfg.params_file, result, outdir, None)
+    # In a multirun the sweep's own process logs every job (MlflowParentRun.on_multirun_end):
+    # jobs in other processes or on other machines then need neither MLflow nor the store.
     print(f"{_job_name(result['overrides'])}: ARUC {result['metrics'].get('aruc', float('nan')):.3f}, "
           f"AUC {result['metrics'].get('auc', float('nan')):.3f}")
     return float(result["metrics"].get("aruc", float("nan")))
 
 
 class MlflowParentRun(Callback):
-    """One MLflow parent run per multirun: opened before the first job, closed with the sweep's summary.
+    """One MLflow parent run per multirun, opened before the first job; at the end, every job's
+    run (from its ``result.json``) is logged under it, with the sweep's summary on the parent.
 
-    Jobs find its id in ``<sweep dir>/mlflow_parent_run.json`` (a file, because launchers such as
-    joblib and submitit run jobs in other processes, or on other machines sharing the folder).
+    The parent's id is kept in ``<sweep dir>/mlflow_parent_run.json``. Jobs themselves never
+    touch MLflow: launchers such as joblib and submitit run them in other processes or on other
+    machines, where importing MLflow (~2.5 s per process) and writing one SQLite store from many
+    processes would cost more than the job.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -190,9 +196,10 @@ class MlflowParentRun(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        results = []
+        results, folders = [], []
         for path in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
             results.append(json.loads(path.read_text()))
+            folders.append(path.parent)
         written = write_summary(results, sweep_dir)
         parent_file = sweep_dir / PARENT_FILE
         if not parent_file.is_file():
@@ -202,6 +209,8 @@ class MlflowParentRun(Callback):
             from mlflow import MlflowClient
 
             client = MlflowClient(tracking_uri=parent["uri"])
+            for result, folder in zip(results, folders):
+                _log_child(config.params_file, result, folder, parent, client)
             for path in written:
                 client.log_artifact(parent["run_id"], str(path))
             best = max((r["metrics"].get("aruc", float("-inf")) for r in results), default=None)

@@ -70,14 +70,15 @@ class Recorder:
         self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
 
-def log_payload(payload: Mapping[str, Any]) -> bool:
-    """Write one recorded run to MLflow; on any failure warn on stderr and return False."""
+def log_payload(payload: Mapping[str, Any], client: Any = None) -> bool:
+    """Write one recorded run to MLflow (through ``client`` if given: one client for many runs
+    saves opening the store each time); on any failure warn on stderr and return False."""
     try:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param
 
-        client = MlflowClient(tracking_uri=payload["uri"])
+        client = client or MlflowClient(tracking_uri=payload["uri"])
         experiment = client.get_experiment_by_name(payload["experiment"])
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(payload["experiment"])
         run = client.create_run(experiment_id, start_time=payload["start_ms"], tags=payload["tags"],
