@@ -86,6 +86,20 @@ def run_every_stage(params: Any) -> None:
     effects(params)
 
 
+def run_tiny(cfg: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch, effects_n: int) -> Any:
+    """An experiment's config already cut down by the test: k sweep of one value, tracking off,
+    params.yaml written into ``folder``, every stage run there. Returns the params."""
+    from ipguard.config import params_from_dict
+
+    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [effects_n]}
+    cfg["tracking"]["enabled"] = False
+    params = params_from_dict(cfg)
+    (folder / "params.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(folder)
+    run_every_stage(params)
+    return params
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory, composed: dict[str, Any]) -> Path:
     """Every stage of the tiny experiment, run in-process once, tracking off; returns the folder."""

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from ipguard.config import compose, params_from_dict
+from conftest import run_tiny
+
+from ipguard.config import compose
 from ipguard.io import load_tensors
 from ipguard.models import create_model
 
@@ -58,38 +59,15 @@ def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeyp
                           for k in ("ftll", "prune_50", "float16")}
     cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 8, "max_iter": 20},
                           "random_real": {**cfg["fingerprint"]["random_real"], "n": 5}}
-    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [4]}
-    cfg["tracking"]["enabled"] = False
-    params = params_from_dict(cfg)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
-    monkeypatch.chdir(tmp_path)
-
-    from ipguard.stages.effects import effects
-    from ipguard.stages.evaluate import evaluate
-    from ipguard.stages.fingerprint import fingerprint
-    from ipguard.stages.match import match_all
-    from ipguard.stages.postprocess import postprocess
-    from ipguard.stages.prepare import prepare
-    from ipguard.stages.train import train_model
-
-    prepare(params)
+    params = run_tiny(cfg, tmp_path, monkeypatch, effects_n=4)
     prepared = load_tensors("data/prepared/owner.safetensors")
     assert prepared["x"].dtype == torch.uint8 and prepared["x"].shape[1:] == (3, 32, 32)
     assert load_tensors("data/prepared/test.safetensors")["y"].numel() == 20  # the folder's own test part
-    for name in ("owner", *params.zoo.models):
-        train_model(params, name)
     owner = json.loads(Path("models/zoo/owner.json").read_text())
     assert owner["arch"] == "cifar_resnet20" and "file" in owner["lineage"]
     assert owner["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    for key in params.postprocess:
-        postprocess(params, key)
     half = json.loads(Path("models/variants/float16.json").read_text())
     assert half["storage"] == "float16" and half["compute"] == "float32"
-    for key in params.fingerprint:
-        fingerprint(params, key)
-    match_all(params)
-    evaluate(params)
-    effects(params)
     out = Path("reports") / experiment
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"ipguard", "random_real"}
@@ -110,8 +88,6 @@ def test_paper_experiment_runs_under_tiny_overrides(
     architecture, one epoch on 16 images, 4-point sets; ``runtime.device`` from IPGUARD_TEST_DEVICE."""
     from omegaconf import OmegaConf
 
-    from conftest import run_every_stage
-
     data = tmp_path / "cifar"
     _image_folder(data / "train", 2, classes)
     _image_folder(data / "test", 1, classes)
@@ -130,12 +106,7 @@ def test_paper_experiment_runs_under_tiny_overrides(
                           for k in ("ftll", "rtal", "prune_50", "int8", "float16", "distill_small", "extract")}
     cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 4, "max_iter": 5},
                           "random_real": {**cfg["fingerprint"]["random_real"], "n": 4}}
-    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [2]}
-    cfg["tracking"]["enabled"] = False
-    params = params_from_dict(cfg)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
-    monkeypatch.chdir(tmp_path)
-    run_every_stage(params)
+    params = run_tiny(cfg, tmp_path, monkeypatch, effects_n=2)
     for name, spec in params.zoo.models.items():
         meta = json.loads((Path("models/zoo") / f"{name}.json").read_text())
         assert meta["arch"] == spec.arch and meta["num_classes"] == classes and meta["role"] == "independent"

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import SHARED, run_every_stage
+from conftest import SHARED, run_tiny
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -84,12 +83,7 @@ def test_imagenet_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monk
         "ipguard": {**cfg["fingerprint"]["ipguard"], "n": 3, "max_iter": 2, "batch_size": 0},
         "random_real": {**cfg["fingerprint"]["random_real"], "n": 3},
     }
-    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [2]}
-    cfg["tracking"]["enabled"] = False
-    params = params_from_dict(cfg)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
-    monkeypatch.chdir(tmp_path)
-    run_every_stage(params)
+    params = run_tiny(cfg, tmp_path, monkeypatch, effects_n=2)
     assert load_tensors("data/prepared/test.safetensors")["x"].shape == (6, 3, 224, 224)
     lite1 = json.loads(Path("models/zoo/efficientnet_lite1.json").read_text())
     assert lite1["arch"] == "timm/efficientnet_lite1" and lite1["role"] == "independent"
