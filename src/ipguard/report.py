@@ -58,6 +58,21 @@ def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, di
     return pd.DataFrame(rows), calibrations
 
 
+def verdict_shares(verdicts: pd.DataFrame) -> dict[str, float]:
+    """Share of positives called pirated, and of negatives (tested leave-one-out), in one method's verdicts."""
+    out = {}
+    for kind, key in (("positive", "positives_called_pirated"), ("negative", "negatives_called_pirated_loo")):
+        rows = verdicts[verdicts["kind"] == kind]
+        out[key] = float((rows["verdict"] == "pirated").mean()) if len(rows) else float("nan")
+    return out
+
+
+def plot_tables(table: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """The DVC plot files per method: R/U curves, ROC curves and the matching rate of every suspect."""
+    rates = {str(m): df[["suspect", "kind", "family", "matching_rate"]] for m, df in table.groupby("method", sort=False)}
+    return {"curves": curves(table), "roc": rocs(table), "matching_rates": rates}
+
+
 def curves(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per method: robustness and uniqueness on a grid of thresholds."""
     out = {}

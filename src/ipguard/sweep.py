@@ -55,7 +55,7 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     from ipguard.config import Params, load_params
     from ipguard.errors import ConfigError
     from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
-    from ipguard.report import calibrate_table, curves, method_metrics, plot_figures, rocs
+    from ipguard.report import calibrate_table, method_metrics, plot_figures, plot_tables, verdict_shares
     from ipguard.stages.common import load_pool, load_zoo_model, setup_runtime, suspect_paths
     from ipguard.stages.match import match_table
 
@@ -80,13 +80,11 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     outdir.mkdir(parents=True, exist_ok=True)
     table.to_csv(outdir / "matching_rates.csv", index=False, float_format="%.6f", lineterminator="\n")
     verdicts.to_csv(outdir / "verdicts.csv", index=False, float_format="%.6g", lineterminator="\n")
-    for sub, tables in (("curves", curves(table)), ("roc", rocs(table))):
+    for sub, tables in plot_tables(table).items():
         for method, df in tables.items():
             (outdir / sub).mkdir(exist_ok=True)
             df.to_csv(outdir / sub / f"{method}.csv", index=False, float_format="%.6g", lineterminator="\n")
     figures = plot_figures(table, metrics, outdir / "figures")
-    pos = verdicts[verdicts["kind"] == "positive"]
-    neg = verdicts[verdicts["kind"] == "negative"]
     result = {
         "experiment": params.experiment.name,
         "method": name,
@@ -95,8 +93,7 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
         "metrics": {
             **metrics[name].get("overall", {}),
             **{f"{family}.aruc": m["aruc"] for family, m in metrics[name].get("families", {}).items()},
-            "positives_called_pirated": float((pos["verdict"] == "pirated").mean()) if len(pos) else float("nan"),
-            "negatives_called_pirated_loo": float((neg["verdict"] == "pirated").mean()) if len(neg) else float("nan"),
+            **verdict_shares(verdicts),
             **{f"generation.{k}": v for k, v in fp.stats().items()},
         },
         "figures": [str(p) for p in figures],
@@ -128,7 +125,8 @@ def _log_child(params_file: str, result: dict[str, Any], outdir: Path, parent: M
         "metrics": metrics,
         "artifacts": [(str(outdir / RESULT_FILE), None), (str(outdir / "matching_rates.csv"), None),
                       (str(outdir / "verdicts.csv"), None), (str(outdir / "figures"), "figures"),
-                      (str(outdir / "curves"), "plots/curves"), (str(outdir / "roc"), "plots/roc")],
+                      (str(outdir / "curves"), "plots/curves"), (str(outdir / "roc"), "plots/roc"),
+                      (str(outdir / "matching_rates"), "plots/matching_rates")],
     }, client)
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from ipguard.config import Params
 from ipguard.errors import IpguardError
 from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
-from ipguard.report import calibrate_table, curves, markdown_report, method_metrics, plot_figures, rocs
+from ipguard.report import calibrate_table, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
 from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
 from ipguard.tracking import stage_run
 
@@ -40,8 +40,7 @@ def evaluate(params: Params, key: str | None = None) -> None:
     for method, cal in calibrations.items():
         v = verdicts[verdicts["method"] == method]
         metrics[method]["calibration"] = cal.to_dict()
-        metrics[method]["positives_called_pirated"] = float((v[v["kind"] == "positive"]["verdict"] == "pirated").mean())
-        metrics[method]["negatives_called_pirated_loo"] = float((v[v["kind"] == "negative"]["verdict"] == "pirated").mean())
+        metrics[method].update(verdict_shares(v))
         inputs, labels, meta = load_fingerprint_file(fingerprint_path(method))
         save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()})
     costs = {}
@@ -56,11 +55,10 @@ def evaluate(params: Params, key: str | None = None) -> None:
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
                                                   max_fpr, verdicts, calibrations, level))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
-    per_method = {str(m): df[["suspect", "kind", "family", "matching_rate"]] for m, df in table.groupby("method", sort=False)}
-    for sub, tables in (("plots/curves", curves(table)), ("plots/roc", rocs(table)), ("plots/matching_rates", per_method)):
-        shutil.rmtree(out / sub, ignore_errors=True)
+    for sub, tables in plot_tables(table).items():
+        shutil.rmtree(out / "plots" / sub, ignore_errors=True)
         for method, df in tables.items():
-            write_text(out / sub / f"{method}.csv", _csv(df))
+            write_text(out / "plots" / sub / f"{method}.csv", _csv(df))
     shutil.rmtree(out / "figures", ignore_errors=True)
     figures = plot_figures(table, metrics, out / "figures")
     with stage_run(params.tracking, params.experiment.name, "evaluate", {"stage": "evaluate"}) as run:
