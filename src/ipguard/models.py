@@ -7,8 +7,15 @@ sidecar, so that a fingerprint stored in pixel space works against any suspect.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -46,18 +53,135 @@ def create_model(
 ) -> nn.Module:
     """Build architecture ``name`` with fresh weights (seed torch's generator first).
 
-    ``name`` is one of :func:`list_archs`, or ``timm/<timm model name>`` for any architecture of
-    timm (built without pretrained weights: nothing is downloaded).
+    ``name`` is one of :func:`list_archs`, ``timm/<timm model name>`` for any architecture of
+    timm (built without pretrained weights: nothing is downloaded), or a function of the user's
+    own code, ``some.module:function`` or ``path/to/file.py:function`` (see :func:`user_arch`).
     """
+    kwargs_where = where.rsplit(".", 1)[0] + ".kwargs" if "." in where else "kwargs"
     if name.startswith(TIMM_PREFIX):
         return _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, tuple(input_shape), where, **kwargs)
+    if is_user_arch(name):
+        return _user_model(name, num_classes, tuple(input_shape), where, kwargs_where, kwargs)
     if name not in _ARCHS:
         raise ConfigError(
-            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, or timm/<name> for timm's)"
+            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, timm/<name> for timm's, "
+            "or module:function / path/to/file.py:function for your own)"
         )
     fn = _ARCHS[name]
-    check_kwargs(fn, kwargs, where.rsplit(".", 1)[0] + ".kwargs" if "." in where else "kwargs", skip=2)
+    check_kwargs(fn, kwargs, kwargs_where, skip=2)
     return fn(num_classes, tuple(input_shape), **kwargs)
+
+
+USER_ARCH_SEP = ":"
+AUTO_ARGS = ("num_classes", "input_shape")  # passed to a user's function only if it names them
+_USER_MODULES: dict[Path, ModuleType] = {}
+
+
+def is_user_arch(name: str) -> bool:
+    """Whether ``name`` points at the user's own code (``module:function``, ``file.py:function``)."""
+    return USER_ARCH_SEP in name and not name.startswith(TIMM_PREFIX)
+
+
+def user_arch(spec: str, where: str = "arch") -> Callable[..., Any]:
+    """The function named by ``spec``: ``some.module:function`` or ``path/to/file.py:function``.
+
+    A target ending in ``.py`` or holding a ``/`` is a file, resolved against the working
+    directory and loaded with importlib under a module name unique to its resolved path (two
+    ``archs.py`` from different folders do not collide; one file is executed once per process).
+    Anything else is imported as a module, the working directory searched after ``sys.path``.
+
+    Security: this executes the user's module, as ``python file.py`` would. That is the user's
+    own code (or code they chose to trust), named explicitly on the command line or in their
+    config; the weights files it is paired with are still only read as tensors
+    (``torch.load(weights_only=True)`` or safetensors). Never build a spec from a model file.
+    """
+    target, _, fn_name = spec.rpartition(USER_ARCH_SEP)
+    if not target or not fn_name.isidentifier():
+        raise ConfigError(f"{where}: '{spec}' is not module:function or path/to/file.py:function")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{where}: '{spec}': file '{target}' not found (relative to the working directory {Path.cwd()})")
+        module = _USER_MODULES.get(path) or _load_file_module(path, spec, where)
+    else:
+        module = _import_module(target, spec, where)
+    fn = getattr(module, fn_name, None)
+    if fn is None or not callable(fn):
+        raise ConfigError(f"{where}: '{spec}': {target} has no function '{fn_name}'")
+    return fn  # type: ignore[no-any-return]
+
+
+def _load_file_module(path: Path, spec: str, where: str) -> ModuleType:
+    """Execute the Python file ``path`` as a fresh module with a name unique to its path."""
+    name = f"_ipguard_user_arch_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ConfigError(f"{where}: '{spec}': cannot load '{path}' as a Python module")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # dataclasses and pickling inside the module look themselves up here
+    folder = str(path.parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.append(folder)  # its sibling modules import as in `python file.py`; never shadows installed ones
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's code can fail in any way; say where
+        sys.modules.pop(name, None)
+        raise ConfigError(f"{where}: '{spec}': loading {path.name} failed ({_first_line(exc)})") from exc
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+    _USER_MODULES[path] = module
+    return module
+
+
+def _import_module(target: str, spec: str, where: str) -> ModuleType:
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)  # the `ipguard` script's sys.path lacks the working directory
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and target.startswith(exc.name):
+            raise ConfigError(f"{where}: '{spec}': no module named '{target}'") from exc
+        raise ConfigError(f"{where}: '{spec}': importing {target} failed ({_first_line(exc)})") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's code can fail in any way; say where
+        raise ConfigError(f"{where}: '{spec}': importing {target} failed ({_first_line(exc)})") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _user_model(
+    spec: str, num_classes: int, input_shape: tuple[int, ...], where: str, kwargs_where: str, kwargs: Mapping[str, Any]
+) -> nn.Module:
+    """Call the user's function with the entry's ``kwargs``, plus ``num_classes``/``input_shape``
+    where its signature names them; it must return an ``nn.Module``."""
+    fn = user_arch(spec, where)
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        parameters = {}  # type: ignore[assignment]
+    given = {"num_classes": int(num_classes), "input_shape": tuple(int(s) for s in input_shape)}
+    auto = {
+        key: given[key] for key in AUTO_ARGS
+        if key in parameters and key not in kwargs and parameters[key].kind is not inspect.Parameter.POSITIONAL_ONLY
+    }
+    if parameters:
+        check_kwargs(fn, {**kwargs, **auto}, kwargs_where)
+    try:
+        net = fn(**kwargs, **auto)
+    except Exception as exc:  # noqa: BLE001 - the user's code can fail in any way; say where
+        raise ConfigError(f"{where}: '{spec}' failed with kwargs {dict(kwargs)} ({_first_line(exc)})") from exc
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{where}: '{spec}' returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
 
 
 def _timm_model(
