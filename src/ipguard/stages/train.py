@@ -38,7 +38,7 @@ def train_model(params: Params, name: str | None) -> None:
         if not spec.path:
             raise ConfigError(f"{where}.path: a model with source '{spec.source}' needs the path of its weights")
         path = package_file(spec.package, spec.path, where) if spec.source == "package" else spec.path
-        model, _ = load_suspect(path, spec.arch, norm.mean, norm.std, ds.num_classes, ds.input_shape, spec.key_map)
+        model, _ = load_suspect(path, spec.arch, norm.mean, norm.std, ds.num_classes, ds.input_shape, spec.key_map, spec.kwargs)
         family = spec.family or f"{spec.arch}/{spec.source}"
     else:
         data = load_split(spec.data)
