@@ -1,55 +1,128 @@
-"""The calibrated p-value: calibrated on independent models, small for copies."""
+"""The calibrated verdict: valid whatever the number of negatives, inconclusive when it must be."""
 
 from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ipguard.stats import Calibration, fit_calibration, leave_one_out_p_values, p_value, verdict
+from ipguard.stats import Calibration, assess, fit_calibration, leave_one_out, leave_one_out_p_values, p_value, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fit_recovers_a_known_beta() -> None:
+def _bench():
+    spec = importlib.util.spec_from_file_location("calibration_bench", ROOT / "benchmarks" / "calibration.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_finds_the_null_mean() -> None:
     rng = np.random.default_rng(0)
     n = 200
-    rates = rng.beta(30, 70, size=400)
-    matches = rng.binomial(n, rates)
+    matches = rng.binomial(n, rng.beta(30, 70, size=400))
     cal = fit_calibration(matches.tolist(), n)
     assert cal.mean == pytest.approx(0.3, abs=0.02)
-    assert cal.alpha + cal.beta == pytest.approx(100, rel=0.35)
+    assert cal.negatives == 400 and cal.converged
+    assert 0.02 < cal.spread < 0.08  # sd of Beta(30, 70) is 0.046
 
 
-def test_p_values_are_calibrated_for_independent_models() -> None:
-    """Under the null the p-value is (conservatively) uniform: P(p < a) <= a, roughly."""
-    rng = np.random.default_rng(1)
-    n = 100
-    train = rng.binomial(n, rng.beta(20, 30, size=50))
-    cal = fit_calibration(train.tolist(), n)
-    test = rng.binomial(n, rng.beta(20, 30, size=4000))
-    ps = np.array([p_value(int(m), n, cal) for m in test])
-    for a in (0.01, 0.05, 0.2):
-        assert (ps < a).mean() <= a * 1.5 + 0.005
+def test_false_positive_share_stays_under_the_level_on_a_small_grid() -> None:
+    """The benchmark's simulation, shrunk: N in {2, 5, 20}, three nulls, 400 fresh models each."""
+    bench = _bench()
+    tables = bench.Tables(50)
+    for i, null in enumerate([None, (0.1, 30.0), (0.35, 100.0)]):
+        for negatives in (2, 5, 20):
+            cell = bench.run_cell(tables, null, negatives, 400, (0.01, 0.05), 5e-4, seed=i * 100 + negatives)
+            for level, c in cell.items():
+                assert c["fpr"] <= float(level) + 2 * math.sqrt(float(level) * (1 - float(level)) / 400), (null, negatives, level, c)
+                assert c["fpr_exact"] <= float(level), (null, negatives, level, c)
 
 
-def test_copies_get_tiny_p_values() -> None:
-    cal = fit_calibration([40, 45, 50, 38, 47], 100)
-    assert p_value(100, 100, cal) < 1e-6
-    assert p_value(45, 100, cal) > 0.1
-    assert verdict(p_value(100, 100, cal), 0.01) == "pirated"
-    assert verdict(p_value(45, 100, cal), 0.01) == "independent"
+def test_the_plug_in_null_would_fail_where_ours_holds() -> None:
+    """The old rule (the fitted null as if exact) calls far more independents pirated with few negatives."""
+    bench = _bench()
+    cell = bench.run_cell(bench.Tables(100), (0.25, 80.0), 3, 300, (0.01,), 5e-4, seed=3)["0.01"]
+    assert cell["plugin_fpr"] > 0.02 > cell["fpr_exact"]
 
 
-def test_degenerate_negatives_stay_finite() -> None:
-    cal = fit_calibration([0, 0, 0], 50)
-    assert np.isfinite(cal.alpha) and np.isfinite(cal.beta)
-    assert p_value(0, 50, cal) == 1.0 and p_value(50, 50, cal) < 1e-6
+def test_copies_are_pirated_and_independents_not() -> None:
+    negatives = [8, 12, 5, 10, 9, 7, 11, 6, 13, 9, 8, 10, 12, 7, 9, 11, 10, 6]
+    cal = fit_calibration(negatives, 100)
+    copy = assess(90, 100, cal)
+    assert copy.verdict == "pirated" and copy.p_value <= 1e-3
+    fresh = assess(12, 100, cal)
+    assert fresh.verdict == "independent" and fresh.p_value > 0.1
+    assert p_value(0, 100, cal) == 1.0
+    assert cal.min_p_value == pytest.approx(p_value(100, 100, cal)) and cal.min_p_value >= cal.nuisance
+
+
+def test_p_value_is_monotone_and_has_a_floor() -> None:
+    cal = fit_calibration([20, 25, 30, 22, 27, 31, 24, 26], 100)
+    ps = [p_value(x, 100, cal) for x in range(101)]
+    assert all(a >= b for a, b in zip(ps, ps[1:]))
+    assert min(ps) >= cal.nuisance
+
+
+def test_few_negatives_are_inconclusive_never_pirated() -> None:
+    for negatives in ([3], [1, 6]):
+        a = assess(100, 100, fit_calibration(negatives, 100))
+        assert a.verdict == "inconclusive" and "negatives" in a.reason
+    assert fit_calibration([1, 6], 100).min_p_value > 0.01
+
+
+def test_all_zero_negatives_do_not_make_one_match_look_like_theft() -> None:
+    """A null fitted to negatives that match nothing must not call a model matching 1 point pirated."""
+    cal = fit_calibration([0] * 5, 50)
+    assert assess(1, 50, cal).verdict != "pirated"
+    assert assess(5, 50, cal).verdict != "pirated"
+    assert p_value(1, 50, cal) > 0.1
+
+
+def test_a_suspect_no_better_than_a_negative_is_never_pirated() -> None:
+    negatives = [5] * 19 + [60]
+    cal = fit_calibration(negatives, 100)
+    a = assess(60, 100, cal, level=0.5)
+    assert a.verdict != "pirated"
+
+
+def test_negatives_matching_everything_cannot_be_fitted() -> None:
+    cal = fit_calibration([100] * 10, 100)
+    assert not cal.converged
+    a = assess(100, 100, cal)
+    assert a.verdict == "inconclusive" and "nearly every point" in a.reason
 
 
 def test_leave_one_out_and_round_trip() -> None:
-    ps = leave_one_out_p_values([40, 42, 44, 90], 100)
-    assert ps[3] < 0.01 < min(ps[:3])
-    cal = fit_calibration([40, 42], 100)
+    out = leave_one_out([8, 10, 12, 9, 11, 7, 10, 9, 12, 8, 90], 100)
+    assert out[-1] is not None and out[-1].verdict == "pirated"
+    assert all(a is not None and a.verdict != "pirated" for a in out[:-1])
+    # Each negative is judged by a calibration fitted on the others only.
+    rest = [8, 10, 12, 9, 11, 7, 10, 9, 12, 8]
+    assert out[-1].p_value == p_value(90, 100, fit_calibration(rest, 100))
+    assert math.isnan(leave_one_out_p_values([40], 100)[0])
+    cal = fit_calibration([40, 42], 100, models=["a", "b"])
     assert Calibration.from_dict(cal.to_dict()) == cal
+    assert cal.to_dict()["null_mean"] == pytest.approx(cal.mean)
+
+
+def test_bad_input_and_old_calibrations_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one"):
         fit_calibration([], 100)
+    with pytest.raises(ValueError, match="level"):
+        fit_calibration([1, 2], 100, level=1.5)
+    cal = fit_calibration([40, 42], 100)
     with pytest.raises(ValueError):
         p_value(101, 100, cal)
+    with pytest.raises(ValueError, match="level"):
+        assess(50, 100, cal, level=0.0)
+    with pytest.raises(ValueError, match="older ipguard"):
+        Calibration.from_dict({"alpha": 1.0, "beta": 20816.0, "negatives": 2, "mean_matching_rate": 0.0,
+                               "max_matching_rate": 0.0, "level": 0.01})
+    assert verdict(0.001, 0.01) == "pirated" and verdict(0.5, 0.01) == "independent"

@@ -1,102 +1,332 @@
-"""A calibrated verdict: how unlikely is a suspect's match count for an independent model?
+"""A verdict that holds up: how unlikely is a suspect's match count for an independent model?
 
-Independent models do not match a fingerprint at a rate of 0: they agree with the owner on many
-points by chance (the rate depends on the data, the method and k). We model an independent
-model's match probability as p ~ Beta(a, b), so that its match count on n points is
-beta-binomial, and fit (a, b) by maximum likelihood to the match counts of known independent
-models (the negatives of the zoo). The spread of p across models is the uncertainty of that
-estimate; a one-sided p-value P(X >= matches) under the fitted beta-binomial says how surprising
-the suspect's matches are for an independent model.
+Independent models do not match a fingerprint at a rate of 0: they agree with the owner on some
+points by chance, at a rate that depends on the data, the method, k and the model. We model an
+independent model's match probability as p ~ Beta(a, b) (mean mu = a / (a + b), concentration
+kappa = a + b), so that its match count X on n points is beta-binomial. The null's (mu, kappa) is
+unknown: the owner only has the match counts of N known independent models (the negatives).
+
+Plugging the maximum-likelihood fit into the tail P(X >= x) treats the fitted null as exact. With
+few negatives that is badly wrong: a simulation of a true Beta(20, 60) null with n = 100 called
+8 % of fresh independent models pirated at level 0.01 from 2 negatives, 2.7 % from 21, and
+negatives that match nothing fit a null so narrow that one matching point looks like theft.
+
+The p-value here accounts for that uncertainty, after Berger & Boos ("P values maximized over a
+confidence set for the nuisance parameter", JASA 89(427):1012-1016, 1994):
+
+    p(x) = nu + U_nu(x),   U_nu(x) = max { P(X >= x | mu, kappa) : 2 (l_max - l(mu, kappa)) <= z^2 }
+
+where l is the negatives' beta-binomial log-likelihood and z the (1 - nu) normal quantile: U_nu(x)
+is the upper end of a one-sided (1 - nu) profile-likelihood bound on the true tail P(X >= x).
+Why that is a valid p-value: let x* be the smallest count whose true tail is <= level - nu. A
+fresh independent model is called pirated at the level only if X >= c, c the smallest count with
+p(c) <= level. If c >= x*, that happens with probability <= level - nu; c < x* needs the bound at
+the fixed count x* - 1 to fall below the true tail, which happens with probability <= nu. So
+P(p <= level) <= level for every level and every N, as far as the bound's coverage holds. That
+coverage is asymptotic in N; ``benchmarks/calibration.py`` measures the false-positive share by
+simulation for N from 2 to 50, which is what shows it holds where it matters. The price: p never
+falls below nu (5e-4 by default), and with few negatives the bound is wide, so p stays large
+unless the suspect matches far more than independent models can.
+
+Two assumptions, both stated where verdicts are printed: independent models' match rates follow
+a beta law, and that law is not U-shaped (max(a, b) >= 1: a single mode, possibly at 0 or 1).
+Without the second, negatives that all match nothing are fitted as well by a law with real mass
+at "matches everything", and no suspect could ever be told apart.
+
+The maximum is taken on a grid of (logit mu, log kappa) (0.1 apart in both), and the region is
+widened by one grid step in every direction so that the grid maximum does not undershoot the
+maximum between grid points.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import special
+
+VERDICTS = ("pirated", "independent", "inconclusive")
+DEFAULT_NUISANCE = 5e-4  # the p-value floor: ten times below level 0.01 leaves room for p <= 1e-3
+
+# The (logit mu, log kappa) grid. kappa from 1 (the flattest non-U-shaped law at mu = 0.5 is
+# uniform, kappa = 2; at the ends kappa can go down to 1) to 1e5 (binomial for any n used here).
+_LOGIT_MU = np.round(np.arange(-10.0, 10.0 + 1e-9, 0.1), 10)
+_LOG_KAPPA = np.round(np.arange(0.0, math.log(1e5) + 1e-9, 0.1), 10)
+
+
+@functools.lru_cache(maxsize=1)
+def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flattened (a, b) of every grid point, and the mask of points allowed (not U-shaped)."""
+    mu = special.expit(_LOGIT_MU)[:, None]
+    kappa = np.exp(_LOG_KAPPA)[None, :]
+    a = np.broadcast_to(mu * kappa, (mu.size, kappa.size))
+    b = np.broadcast_to((1.0 - mu) * kappa, (mu.size, kappa.size))
+    allowed = np.maximum(a, b) >= 1.0 - 1e-12
+    return a.ravel().copy(), b.ravel().copy(), allowed.ravel().copy()
+
+
+def log_pmf(x: np.ndarray, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log P(X = x) for X ~ BetaBinomial(n, a, b); rows are (a, b) pairs, columns the counts x."""
+    x = np.asarray(x, dtype=np.float64)[None, :]
+    a, b = a[:, None], b[:, None]
+    log_choose = special.gammaln(n + 1) - special.gammaln(x + 1) - special.gammaln(n - x + 1)
+    return log_choose + special.betaln(x + a, n - x + b) - special.betaln(a, b)
+
+
+def tail_table(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(X >= x) for x = 0..n (columns), one row per (a, b): summed from the far end for precision."""
+    pmf = np.exp(log_pmf(np.arange(n + 1), n, a, b))
+    tail = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]
+    return np.clip(tail, 0.0, 1.0)
+
+
+def region_mask(loglik: np.ndarray, nuisance: float) -> np.ndarray:
+    """Grid points whose likelihood ratio keeps them in the profile-likelihood bound, widened by a step.
+
+    ``loglik`` is the negatives' log-likelihood at every grid point (-inf where not allowed). The
+    upper end of a one-sided (1 - nuisance) profile-likelihood bound on any one tail probability is
+    its maximum over {2 (l_max - l) <= z^2}, z the (1 - nuisance) normal quantile (chi-square with
+    one degree of freedom at 1 - 2 nuisance).
+    """
+    shape = (_LOGIT_MU.size, _LOG_KAPPA.size)
+    ll = loglik.reshape(shape)
+    inside = ll >= np.max(ll) - 0.5 * _z2(nuisance)
+    grown = inside.copy()
+    for d0 in (-1, 0, 1):
+        for d1 in (-1, 0, 1):
+            grown |= _shift2(inside, d0, d1)
+    return (grown & np.isfinite(ll)).ravel()
+
+
+@functools.lru_cache(maxsize=16)
+def _z2(nuisance: float) -> float:
+    return float(special.ndtri(1.0 - nuisance) ** 2)
+
+
+def p_curve(loglik: np.ndarray, n: int, nuisance: float, tails: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """p(x) for x = 0..n under the negatives' log-likelihood on the grid, and whether the fit holds.
+
+    ``tails``: the full :func:`tail_table` of the grid for this n, when the caller has it (the
+    simulation benchmark); otherwise only the region's rows are computed. The fit does not hold
+    when the region is empty or reaches the grid's largest mean (negatives matching nearly all).
+    """
+    region = region_mask(loglik, nuisance)
+    mu_index = np.nonzero(region.reshape(_LOGIT_MU.size, _LOG_KAPPA.size))[0]
+    holds = bool(mu_index.size > 0 and mu_index.max() < _LOGIT_MU.size - 1)
+    if not mu_index.size:
+        return np.ones(n + 1), False
+    if tails is None:
+        a, b, _ = _grid()
+        sup = tail_table(n, a[region], b[region]).max(axis=0)
+    else:
+        sup = tails[region].max(axis=0)
+    curve = np.minimum(1.0, nuisance + sup)
+    curve[0] = 1.0
+    return curve, holds
+
+
+def pirated_counts(curve: np.ndarray, n: int, negatives: int, holds: bool, top_rate: float, level: float) -> np.ndarray:
+    """Which match counts x = 0..n :func:`assess` calls ``pirated`` (the same rule, for all x at once)."""
+    x = np.arange(n + 1)
+    if negatives < 2 or not holds:
+        return np.zeros(n + 1, dtype=bool)
+    return (curve <= level) & (x / n > top_rate)
+
+
+def _shift2(mask: np.ndarray, d0: int, d1: int) -> np.ndarray:
+    out = np.zeros_like(mask)
+    src = mask[max(-d0, 0) : mask.shape[0] - max(d0, 0), max(-d1, 0) : mask.shape[1] - max(d1, 0)]
+    out[max(d0, 0) : mask.shape[0] - max(-d0, 0), max(d1, 0) : mask.shape[1] - max(-d1, 0)] = src
+    return out
+
+
+def negatives_loglik(matches: Sequence[int], n: int) -> np.ndarray:
+    """The negatives' beta-binomial log-likelihood at every grid point (-inf where not allowed)."""
+    a, b, allowed = _grid()
+    values, counts = np.unique(np.asarray(matches, dtype=np.int64), return_counts=True)
+    ll = log_pmf(values, n, a, b) @ counts.astype(np.float64)
+    return np.where(allowed, ll, -np.inf)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A fitted null distribution of independent models' match probability on one fingerprint set."""
+    """The negatives' match counts on one fingerprint set, and what they say about the null.
 
-    alpha: float
-    beta: float
-    negatives: int
-    mean_matching_rate: float
-    max_matching_rate: float
+    Only ``matches``, ``n``, ``level`` and ``nuisance`` decide p-values; the rest describes the fit
+    (maximum-likelihood Beta, the smallest p-value it can give) for reports and ``verify --json``.
+    """
+
+    matches: tuple[int, ...]
+    n: int
     level: float = 0.01
+    nuisance: float = DEFAULT_NUISANCE
+    alpha: float = math.nan
+    beta: float = math.nan
+    negatives: int = 0
+    mean_matching_rate: float = math.nan
+    max_matching_rate: float = math.nan
+    min_p_value: float = 1.0
+    converged: bool = False
+    models: tuple[str, ...] = field(default=())
 
     @property
     def mean(self) -> float:
+        """Mean match rate of independent models under the maximum-likelihood null."""
         return self.alpha / (self.alpha + self.beta)
 
+    @property
+    def spread(self) -> float:
+        """Standard deviation of independent models' match rate under the maximum-likelihood null."""
+        k = self.alpha + self.beta
+        return math.sqrt(self.mean * (1.0 - self.mean) / (k + 1.0))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["matches"] = list(self.matches)
+        out["models"] = list(self.models)
+        out["null_mean"] = self.mean
+        out["null_spread"] = self.spread
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        """Rebuild a calibration; ``ValueError`` for one written by an older ipguard or malformed."""
+        if not isinstance(data, dict) or "matches" not in data or "n" not in data:
+            raise ValueError("calibrated by an older ipguard (no negatives' match counts); run calibrate again")
+        try:
+            kwargs = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            kwargs["matches"] = tuple(int(m) for m in data["matches"])
+            kwargs["models"] = tuple(str(m) for m in data.get("models", ()))
+            kwargs["n"] = int(data["n"])
+            cal = cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed calibration ({exc})") from exc
+        _check(cal.matches, cal.n, cal.level, cal.nuisance)
+        return cal
 
 
-def fit_calibration(matches: Sequence[int], n: Sequence[int] | int, level: float = 0.01) -> Calibration:
-    """Fit Beta(a, b) to negatives' match counts by beta-binomial maximum likelihood.
-
-    Needs at least one negative. Both a and b are kept >= 1, i.e. the match rate of independent
-    models is assumed unimodal: without that, negatives that all matched none (or all) of the
-    points are fitted by a U-shaped Beta that puts real mass on matching everything.
-    """
-    x = np.asarray(matches, dtype=np.float64)
-    trials = np.broadcast_to(np.asarray(n, dtype=np.float64), x.shape).copy()
-    if x.size == 0:
+def _check(matches: Sequence[int], n: int, level: float, nuisance: float) -> None:
+    if len(matches) == 0:
         raise ValueError("calibration needs at least one negative (independent) model")
-    if np.any(x < 0) or np.any(x > trials):
-        raise ValueError("matches must lie in [0, n]")
+    if n < 1:
+        raise ValueError(f"n: need at least one fingerprint point, got {n}")
+    if any(m < 0 or m > n for m in matches):
+        raise ValueError(f"matches must lie in [0, {n}]")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: must lie in (0, 1), got {level}")
-    rates = x / trials
+    if not 0.0 < nuisance < level:
+        raise ValueError(f"nuisance: must lie in (0, level), got {nuisance}")
 
-    def shape(theta: np.ndarray) -> tuple[float, float]:
-        # Mean and concentration as the free parameters, so that hitting the concentration cap
-        # (negatives no more spread than binomial sampling) leaves the mean where the data put it.
-        mu, kappa = special.expit(theta[0]), np.exp(theta[1])
-        return max(mu * kappa, 1.0), max((1 - mu) * kappa, 1.0)
 
-    def nll(theta: np.ndarray) -> float:
-        # The beta-binomial log-likelihood without its binomial coefficient (constant in a, b).
-        a, b = shape(theta)
-        return -float(np.sum(special.betaln(x + a, trials - x + b) - special.betaln(a, b)))
+def fit_calibration(
+    matches: Sequence[int], n: int, level: float = 0.01, nuisance: float = DEFAULT_NUISANCE,
+    models: Sequence[str] = (),
+) -> Calibration:
+    """Calibrate on the match counts of N known independent models (each on the same n points).
 
-    mu = float(np.clip((x.sum() + 0.5) / (trials.sum() + 1), 1e-4, 1 - 1e-4))
-    result = optimize.minimize(nll, np.array([special.logit(mu), np.log(50.0)]), method="L-BFGS-B",
-                               bounds=[(-12.0, 12.0), (np.log(2.0), np.log(1e6))])
-    a, b = shape(result.x)
-    return Calibration(alpha=float(a), beta=float(b), negatives=int(x.size),
-                       mean_matching_rate=float(rates.mean()), max_matching_rate=float(rates.max()), level=level)
+    ``nuisance`` is the share of the level spent on not knowing the null (the p-value's floor).
+    ``converged`` is False when the fit cannot be trusted: the likelihood region reaches the
+    grid's upper edge of the mean (negatives that match nearly every point) or is empty.
+    """
+    x = [int(m) for m in matches]
+    _check(x, n, level, nuisance)
+    ll = negatives_loglik(x, n)
+    a, b, _ = _grid()
+    best = int(np.argmax(ll))
+    curve, holds = p_curve(ll, n, nuisance)
+    rates = np.asarray(x, dtype=np.float64) / n
+    return Calibration(
+        matches=tuple(x), n=int(n), level=float(level), nuisance=float(nuisance), alpha=float(a[best]),
+        beta=float(b[best]), negatives=len(x), mean_matching_rate=float(rates.mean()),
+        max_matching_rate=float(rates.max()), min_p_value=float(curve[n]), converged=holds and bool(np.isfinite(ll[best])),
+        models=tuple(models),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _p_curve(matches: tuple[int, ...], n_neg: int, nuisance: float, n: int) -> np.ndarray:
+    """p(x) for x = 0..n, for a suspect matched on n points, under the negatives' region."""
+    return p_curve(negatives_loglik(matches, n_neg), n, nuisance)[0]
 
 
 def p_value(matches: int, n: int, calibration: Calibration) -> float:
-    """P(X >= matches) for X ~ BetaBinomial(n, a, b): small means "unlikely to be independent"."""
+    """The Berger-Boos p-value of ``matches`` out of ``n``: small means "unlikely to be independent"."""
     if not 0 <= matches <= n:
         raise ValueError(f"matches must lie in [0, {n}], got {matches}")
-    if matches == 0:
-        return 1.0
-    return float(min(1.0, max(0.0, stats.betabinom.sf(matches - 1, n, calibration.alpha, calibration.beta))))
+    return float(_p_curve(calibration.matches, calibration.n, calibration.nuisance, int(n))[matches])
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A suspect's p-value, its verdict, and why (always said for ``inconclusive``)."""
+
+    p_value: float
+    verdict: str
+    reason: str
+
+
+def assess(matches: int, n: int, calibration: Calibration, level: float | None = None) -> Assessment:
+    """The verdict on a suspect matching ``matches`` of ``n`` points.
+
+    ``pirated`` needs p <= level from a calibration that can support the level, and more matches
+    than every known independent model (a null that one of its own negatives would fail is not
+    evidence). ``inconclusive`` says why whenever the evidence cannot reach the level either way:
+    too few negatives, a fit that cannot be trusted, a floor of the p-value above the level, or a
+    suspect that matches more than every negative without reaching the level. ``independent`` is
+    said only of a suspect that some known independent model matches at least as well.
+    """
+    level = calibration.level if level is None else float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: must lie in (0, 1), got {level}")
+    p = p_value(matches, n, calibration)
+    if calibration.negatives < 2:
+        return Assessment(p, "inconclusive", "a null fitted from fewer than 2 negatives cannot bound how much "
+                          "independent models vary; calibrate with more independent models")
+    if not calibration.converged:
+        return Assessment(p, "inconclusive", "the negatives match nearly every point, so the null cannot be fitted; "
+                          "this fingerprint set cannot tell copies from independent models")
+    floor = p_value(n, n, calibration)
+    if floor > level:
+        return Assessment(p, "inconclusive", f"with {calibration.negatives} negatives the smallest p-value this "
+                          f"calibration can give is {floor:.3g}, above the level {level:g}; calibrate with more "
+                          "independent models (or more points)")
+    top = max(calibration.matches) / calibration.n
+    if p <= level:
+        if matches / n <= top:
+            return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
+                              f"matches as much ({top:.3f} >= {matches / n:.3f}); the null does not fit its negatives")
+        return Assessment(p, "pirated", f"p = {p:.3g} <= {level:g}: independent models rarely match "
+                          f"{matches}/{n} points")
+    if matches / n > top:
+        return Assessment(p, "inconclusive", f"matches more than every known independent model ({matches / n:.3f} > "
+                          f"{top:.3f}), but p = {p:.3g} > {level:g}: more negatives (or points) are needed to decide")
+    return Assessment(p, "independent", f"p = {p:.3g} > {level:g}, and a known independent model matches as much "
+                      f"({top:.3f} >= {matches / n:.3f})")
 
 
 def verdict(p: float, level: float) -> str:
-    """``pirated`` when the p-value is below the level, else ``independent``."""
-    return "pirated" if p < level else "independent"
+    """``pirated`` when the p-value is at most the level, else ``independent`` (no checks: see :func:`assess`)."""
+    return "pirated" if p <= level else "independent"
 
 
-def leave_one_out_p_values(matches: Sequence[int], n: int, level: float = 0.01) -> list[float]:
-    """Each negative's p-value under a calibration fitted on the other negatives (an honest FPR)."""
-    out = []
+def leave_one_out(matches: Sequence[int], n: int, level: float = 0.01,
+                  nuisance: float = DEFAULT_NUISANCE) -> list[Assessment | None]:
+    """Each negative assessed under a calibration fitted on the other negatives (an honest FPR).
+
+    ``None`` where no other negative is left.
+    """
+    out: list[Assessment | None] = []
     for i in range(len(matches)):
         rest = [m for j, m in enumerate(matches) if j != i]
-        out.append(p_value(int(matches[i]), n, fit_calibration(rest, n, level)) if rest else math.nan)
+        out.append(assess(int(matches[i]), n, fit_calibration(rest, n, level, nuisance)) if rest else None)
     return out
+
+
+def leave_one_out_p_values(matches: Sequence[int], n: int, level: float = 0.01,
+                           nuisance: float = DEFAULT_NUISANCE) -> list[float]:
+    """Each negative's p-value under a calibration fitted on the other negatives (NaN if none is left)."""
+    return [a.p_value if a is not None else math.nan for a in leave_one_out(matches, n, level, nuisance)]
