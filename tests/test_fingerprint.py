@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -96,3 +98,78 @@ def test_bad_method_config_is_named() -> None:
         generate("ipguard", model, pool, (1, 8, 8), 10, start="zeros")
     with pytest.raises(ConfigError, match="unknown fingerprint method 'nope'"):
         generate("nope", model, pool, (1, 8, 8), 10)
+
+
+def _reference_module() -> ModuleType:
+    """benchmarks/reference_ipguard.py: the plain per-point loop (torch's Adam, one point at a time)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_ipguard.py"
+    spec = importlib.util.spec_from_file_location("reference_ipguard", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _starts_and_targets(
+    model: PixelModel, pool: Split, n: int, shape: tuple[int, ...], classes: int, start: str, target: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x0, i and j drawn as the method documents them (DESIGN §1), rebuilt here independently."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((n, *shape), generator=gen) if start == "noise" else pool.x[torch.randperm(len(pool), generator=gen)[:n]].clone()
+    with torch.no_grad():
+        logits = model(x0)
+    i = logits.argmax(1)
+    j = (i + torch.randint(1, classes, (n,), generator=gen)) % classes if target == "random" else logits.argmin(1)
+    return x0, i, j
+
+
+@pytest.mark.parametrize("start", ["noise", "real"])
+def test_least_likely_target_is_the_owners_argmin_at_the_start(start: str) -> None:
+    torch.manual_seed(0)
+    shape, classes, n = (1, 4, 4), 7, 16
+    model = PixelModel(create_model("mlp", classes, shape, hidden=[16]), [0.5], [0.25]).eval()
+    pool = Split(torch.rand(20, *shape), torch.zeros(20, dtype=torch.int64))
+    x0, i, j = _starts_and_targets(model, pool, n, shape, classes, start, "least_likely", seed=5)
+    assert j.unique().numel() > 1 and (i != j).all(), "the case must not be degenerate"
+    fp = generate("ipguard", model, pool, shape, classes, n=n, k=0.5, lr=0.05, max_iter=20, start=start, target="least_likely", seed=5)
+    assert fp.targets is not None and fp.start_labels is not None
+    assert torch.equal(fp.start_labels, i)
+    assert torch.equal(fp.targets, j), "least_likely: the target is the owner's lowest logit at x0"
+    # With no step taken the points are the starts themselves: the targets are their argmin.
+    still = generate("ipguard", model, pool, shape, classes, n=n, max_iter=0, start=start, target="least_likely", seed=5)
+    assert torch.equal(still.inputs, x0)
+    with torch.no_grad():
+        assert torch.equal(still.targets, model(still.inputs).argmin(1))  # type: ignore[arg-type]
+
+
+# The reference loop reads its loss with float() on a tensor that requires grad; torch warns.
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
+@pytest.mark.parametrize(("start", "target"), [("noise", "random"), ("real", "least_likely")])
+@pytest.mark.parametrize("batch_size", [0, 5, 1])
+def test_batched_generation_equals_generating_each_point_alone(start: str, target: str, batch_size: int) -> None:
+    """All n points as one batch (or chunks of ``batch_size``), points leaving as they converge,
+    give what the per-point loop with torch's Adam gives on each point alone."""
+    torch.manual_seed(0)
+    shape, classes, n = (1, 4, 4), 5, 12
+    k, lr = 0.3, 0.1
+    model = PixelModel(create_model("mlp", classes, shape, hidden=[16]), [0.5], [0.25]).eval()
+    pool = Split(torch.rand(20, *shape), torch.zeros(20, dtype=torch.int64))
+    x0, i, j = _starts_and_targets(model, pool, n, shape, classes, start, target, seed=3)
+    reference = _reference_module().ipguard_per_point
+    # Cap the iterations where one point meets the margin on its very last step (the final pass
+    # only checks the loss), so that others stop earlier and some never converge.
+    _, free_iters, free_done = reference(model, x0, i, j, k, lr, 60)
+    max_iter = int(sorted(set(free_iters[free_done].tolist()))[-2])
+    ref_x, ref_iters, ref_done = reference(model, x0, i, j, k, lr, max_iter)
+    assert ref_iters.unique().numel() >= 3 and ref_done.any() and not ref_done.all(), ref_iters.tolist()
+    assert ref_done[ref_iters == max_iter].any(), "a point must converge on the last allowed step"
+    fp = generate("ipguard", model, pool, shape, classes, n=n, k=k, lr=lr, max_iter=max_iter,
+                  start=start, target=target, seed=3, batch_size=batch_size)
+    assert fp.iterations is not None and fp.converged is not None
+    assert torch.equal(fp.start_labels, i) and torch.equal(fp.targets, j)  # type: ignore[arg-type]
+    assert torch.equal(fp.iterations, ref_iters), (fp.iterations.tolist(), ref_iters.tolist())
+    assert torch.equal(fp.converged, ref_done)
+    # Not bit for bit: torch's Adam orders its arithmetic differently (~1e-5 after 30 steps).
+    torch.testing.assert_close(fp.inputs, ref_x, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        assert torch.equal(fp.labels, model(ref_x).argmax(1))
