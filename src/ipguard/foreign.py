@@ -99,12 +99,14 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     entries are ignored.
     """
     state = obj
-    for _ in range(UNWRAP_DEPTH + 1):
+    for depth in range(UNWRAP_DEPTH + 1):
         if _is_state_dict(state):
             return _strip_prefixes(state)
         inner = next((state[k] for k in CONTAINER_KEYS if isinstance(state, Mapping) and isinstance(state.get(k), Mapping)), None)
         if inner is None:
             break
+        if depth == UNWRAP_DEPTH:
+            raise ModelFileError(f"{source}: holds no state dict within {UNWRAP_DEPTH} levels of containers ({', '.join(CONTAINER_KEYS)})")
         state = inner
     if not isinstance(state, Mapping):
         raise ModelFileError(f"{source}: holds a {type(state).__name__}, not a state dict (a mapping of names to tensors)")
@@ -113,7 +115,7 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     name, value = next((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor))
     keys = ", ".join(repr(k) for k in list(state)[:6]) + (", ..." if len(state) > 6 else "")
     raise ModelFileError(
-        f"{source}: holds no state dict: entry {name!r} is a {type(value).__name__}, not a tensor, and none of "
+        f"{source}: holds no state dict: entry {name!r} ({type(value).__name__}) is not a tensor, and none of "
         f"{', '.join(CONTAINER_KEYS)} holds the weights (keys: {keys})"
     )
 
