@@ -110,3 +110,43 @@ def test_students_learn_the_owner_without_its_weights(in_workspace: Path, method
     assert student.input_shape == tuple(meta["input_shape"]) and student.num_classes == meta["num_classes"]
     if "student_arch" not in kwargs:
         assert _changed(owner, student), "a student is trained from scratch, not copied"
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.7])
+def test_prune_finetune_keeps_pruned_weights_at_zero(in_workspace: Path, amount: float) -> None:
+    owner = _owner()
+    total = sum(w.numel() for w in prunable(owner.net))
+    pruned = apply_postprocess("prune", owner, load_split("owner"), seed=0, amount=amount)
+    # Weight decay and SGD momentum would move a zero weight if the mask were not re-applied.
+    tuned = apply_postprocess("prune_finetune", owner, load_split("other"), seed=0, amount=amount, epochs=2, lr=0.01,
+                              optimizer="sgd", weight_decay=5e-4, augment=True, max_samples=200, schedule="cosine")
+    before = torch.cat([w.flatten() for w in prunable(pruned.net)])
+    after = torch.cat([w.flatten() for w in prunable(tuned.net)])
+    assert int((after == 0).sum()) == round(amount * total)
+    assert torch.equal(before == 0, after == 0), "the pruned weights are exactly those held at zero"
+    assert not torch.equal(before, after), "the surviving weights were fine-tuned"
+
+
+def test_finetuning_with_thief_settings_is_seeded(in_workspace: Path) -> None:
+    owner, data = _owner(), load_split("other")
+    kwargs = dict(epochs=2, lr=0.01, optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                  max_samples=100, augment=True)
+    a = apply_postprocess("ftal", owner, data, seed=3, **kwargs)
+    b = apply_postprocess("ftal", owner, data, seed=3, **kwargs)
+    c = apply_postprocess("ftal", owner, data, seed=4, **kwargs)
+    assert not _changed(a, b)
+    assert _changed(a, c)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "key"),
+    [("ftal", {"optimizer": "rmsprop"}, "ftal.optimizer"), ("rtal", {"schedule": "step"}, "rtal.schedule"),
+     ("ftll", {"momentum": 1.0}, "ftll.momentum"), ("ftal", {"weight_decay": -1.0}, "ftal.weight_decay"),
+     ("rtll", {"max_samples": -5}, "rtll.max_samples"), ("ftal", {"augment": "yes"}, "ftal.augment"),
+     ("ftal", {"lr": 0.0}, "ftal.lr"), ("prune_finetune", {"amount": 1.0}, "prune_finetune.amount"),
+     ("prune_finetune", {"scope": "row"}, "prune_finetune.scope"), ("prune_finetune", {"epochs": -1}, "prune_finetune.epochs"),
+     ("prune_finetune", {"shuffle": True}, "prune_finetune.shuffle")],
+)
+def test_finetuning_settings_are_checked_up_front(in_workspace: Path, method: str, kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        apply_postprocess(method, _owner(), load_split("other"), seed=0, where=method, **kwargs)

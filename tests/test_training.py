@@ -58,3 +58,72 @@ def test_progress_is_quiet_in_ci_and_off_a_terminal(monkeypatch: pytest.MonkeyPa
     assert progress.progress_enabled()
     monkeypatch.setenv("IPGUARD_PROGRESS", "0")
     assert not progress.progress_enabled()
+
+
+def test_augmentation_is_seeded_and_keeps_shapes() -> None:
+    from ipguard.training import AUGMENT_PAD, augment_batch
+
+    x = torch.rand(64, 3, 8, 8)
+    a = augment_batch(x, torch.Generator().manual_seed(1))
+    b = augment_batch(x, torch.Generator().manual_seed(1))
+    c = augment_batch(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Each image is its own crop of the zero-padded image, mirrored or not: every output pixel is
+    # either a pixel of that image or a padding zero, and some images are flipped.
+    padded = torch.nn.functional.pad(x, (AUGMENT_PAD,) * 4)
+    flips = 0
+    for i in range(x.shape[0]):
+        found = False
+        for dy in range(2 * AUGMENT_PAD + 1):
+            for dx in range(2 * AUGMENT_PAD + 1):
+                crop = padded[i, :, dy : dy + 8, dx : dx + 8]
+                if torch.equal(a[i], crop):
+                    found = True
+                elif torch.equal(a[i], crop.flip(-1)):
+                    found, flips = True, flips + 1
+                if found:
+                    break
+            if found:
+                break
+        assert found, f"image {i} is not a crop of its padded self"
+    assert 10 < flips < 54
+    assert not torch.equal(a, x)
+
+
+def test_max_samples_caps_each_epoch_and_augment_changes_the_result() -> None:
+    x = torch.rand(200, 3, 8, 8)
+    y = torch.randint(0, 10, (200,))
+    seen: list[int] = []
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model("cnn", 10, (3, 8, 8))
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(t.shape[0])
+            return self.net(t)
+
+    train(Counting(fresh()), x, y, TrainingCfg(epochs=3, batch_size=32, max_samples=50), seed=0)
+    assert sum(seen) == 150 and seen[:2] == [32, 18]
+    plain, aug, aug2 = fresh(), fresh(), fresh()
+    for m, a in ((plain, False), (aug, True), (aug2, True)):
+        train(m, x, y, TrainingCfg(epochs=1, batch_size=32, augment=a), seed=0)
+    same = lambda m1, m2: all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))  # noqa: E731
+    assert same(aug, aug2) and not same(plain, aug)
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"momentum": 1.5}, "training.momentum"), ({"weight_decay": -0.1}, "training.weight_decay"),
+     ({"max_samples": -1}, "training.max_samples"), ({"augment": 1}, "training.augment"), ({"epochs": -1}, "training.epochs")],
+)
+def test_bad_training_settings_are_named(change: dict, key: str) -> None:
+    model = create_model("mlp", 2, (1, 2, 2), hidden=[8])
+    with pytest.raises(ConfigError, match=key):
+        train(model, torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), TrainingCfg(**{"epochs": 1, **change}), seed=0)

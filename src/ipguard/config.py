@@ -61,7 +61,8 @@ class TrainingCfg:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
-    max_samples: int = 0
+    max_samples: int = 0        # > 0: each epoch draws this many examples (a fresh seeded draw per epoch)
+    augment: bool = False       # random crop with 4-pixel zero padding and horizontal flip, seeded
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ipguard.config import TrainingCfg, check_kwargs
 from ipguard.data import Split
 from ipguard.errors import ConfigError
 from ipguard.models import PixelModel, get_classifier
-from ipguard.training import train
+from ipguard.training import check_training, train
 
 PostFn = Callable[..., PixelModel]
 _METHODS: dict[str, PostFn] = {}
@@ -62,10 +62,7 @@ def _finetune(
     *,
     last_layer_only: bool,
     reinit_last: bool,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    optimizer: str,
+    cfg: TrainingCfg,
     desc: str,
 ) -> PixelModel:
     out = copy.deepcopy(model)
@@ -75,38 +72,100 @@ def _finetune(
         for module in head.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule="constant")
     train(out, data.x, data.y, cfg, seed, parameters=list(head.parameters()) if last_layer_only else None, desc=desc)
     return out
 
 
+def _finetune_cfg(
+    where: str, *, epochs: int, lr: float, batch_size: int, optimizer: str, momentum: float, weight_decay: float,
+    schedule: str, max_samples: int, augment: bool,
+) -> TrainingCfg:
+    """The training settings of a fine-tuning entry, checked before anything is copied or trained."""
+    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                      weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    check_training(cfg, where)
+    return cfg
+
+
+# Every fine-tuning entry takes the same training keys. Defaults: what the digits suite has always
+# used (Adam, constant rate, the whole data each epoch, no augmentation). A realistic thief adds
+# augmentation, SGD with momentum and weight decay, a cosine schedule (see conf/experiment/cifar10_cpu).
 @register_postprocess("ftll")
-def ftll(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+def ftll(
+    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
+) -> PixelModel:
     """Fine-tune the last layer only (Adi et al. 2018, FTLL)."""
-    return _finetune(model, data, seed, last_layer_only=True, reinit_last=False, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="ftll")
+    cfg = _finetune_cfg("ftll", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    return _finetune(model, data, seed, last_layer_only=True, reinit_last=False, cfg=cfg, desc="ftll")
 
 
 @register_postprocess("ftal")
-def ftal(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+def ftal(
+    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
+) -> PixelModel:
     """Fine-tune all layers (Adi et al. 2018, FTAL)."""
-    return _finetune(model, data, seed, last_layer_only=False, reinit_last=False, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="ftal")
+    cfg = _finetune_cfg("ftal", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    return _finetune(model, data, seed, last_layer_only=False, reinit_last=False, cfg=cfg, desc="ftal")
 
 
 @register_postprocess("rtll")
-def rtll(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+def rtll(
+    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
+) -> PixelModel:
     """Re-initialise the last layer and train only it (Adi et al. 2018, RTLL)."""
-    return _finetune(model, data, seed, last_layer_only=True, reinit_last=True, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="rtll")
+    cfg = _finetune_cfg("rtll", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    return _finetune(model, data, seed, last_layer_only=True, reinit_last=True, cfg=cfg, desc="rtll")
 
 
 @register_postprocess("rtal")
-def rtal(model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam") -> PixelModel:
+def rtal(
+    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
+) -> PixelModel:
     """Re-initialise the last layer, then train all layers (Adi et al. 2018, RTAL)."""
-    return _finetune(model, data, seed, last_layer_only=False, reinit_last=True, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, desc="rtal")
+    cfg = _finetune_cfg("rtal", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    return _finetune(model, data, seed, last_layer_only=False, reinit_last=True, cfg=cfg, desc="rtal")
 
 
 def prunable(net: nn.Module) -> list[torch.Tensor]:
     """The weight tensors that pruning and quantization act on: convolution and linear weights."""
     return [m.weight for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+
+
+def _check_prune(where: str, amount: float, scope: str) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
+        raise ConfigError(f"{where}.amount: must lie in [0, 1), got {amount!r}")
+    if scope not in {"global", "layer"}:
+        raise ConfigError(f"{where}.scope: must be 'global' or 'layer', got '{scope}'")
+
+
+@torch.no_grad()
+def prune_in_place(net: nn.Module, amount: float, scope: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zero the ``amount`` share of smallest-magnitude weights of ``net``; returns ``(weight, mask)``
+    pairs (mask 1 where a weight is kept, in the weight's dtype) so that training can keep them."""
+    weights = prunable(net)
+    groups = [weights] if scope == "global" else [[w] for w in weights]
+    masks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for group in groups:
+        flat = torch.cat([w.detach().abs().flatten() for w in group])
+        k = int(round(amount * flat.numel()))
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        keep[torch.argsort(flat, stable=True)[:k]] = False
+        offset = 0
+        for w in group:
+            n = w.numel()
+            mask = keep[offset : offset + n].view_as(w).to(w.dtype)
+            w.mul_(mask)
+            masks.append((w, mask))
+            offset += n
+    return masks
 
 
 @register_postprocess("prune")
@@ -118,24 +177,34 @@ def prune(model: PixelModel, data: Split, seed: int, amount: float = 0.5, scope:
     share. Biases are kept. Exactly ``round(amount × count)`` weights become zero, ties broken
     by position, so the share asked for is the share removed.
     """
-    if not 0.0 <= amount < 1.0:
-        raise ConfigError(f"prune.amount: must lie in [0, 1), got {amount}")
-    if scope not in {"global", "layer"}:
-        raise ConfigError(f"prune.scope: must be 'global' or 'layer', got '{scope}'")
+    _check_prune("prune", amount, scope)
     out = copy.deepcopy(model)
-    weights = prunable(out.net)
-    groups = [weights] if scope == "global" else [[w] for w in weights]
-    with torch.no_grad():
-        for group in groups:
-            flat = torch.cat([w.detach().abs().flatten() for w in group])
-            k = int(round(amount * flat.numel()))
-            mask = torch.ones_like(flat, dtype=torch.bool)
-            mask[torch.argsort(flat, stable=True)[:k]] = False
-            offset = 0
-            for w in group:
-                n = w.numel()
-                w.mul_(mask[offset : offset + n].view_as(w).to(w.dtype))
-                offset += n
+    prune_in_place(out.net, amount, scope)
+    return out
+
+
+@register_postprocess("prune_finetune")
+def prune_finetune(
+    model: PixelModel, data: Split, seed: int, amount: float = 0.5, scope: str = "global",
+    epochs: int = 2, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam", momentum: float = 0.9,
+    weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
+) -> PixelModel:
+    """Prune, then fine-tune all layers with the pruned weights held at zero (the usual
+    prune-and-retrain of Han et al., NeurIPS 2015, used as an evasion by Liu et al., "Fine-Pruning",
+    RAID 2018): magnitude pruning as :func:`prune`, then FTAL on ``data`` with the mask
+    re-applied after every step, so the share pruned is the share that stays zero."""
+    _check_prune("prune_finetune", amount, scope)
+    cfg = _finetune_cfg("prune_finetune", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+    out = copy.deepcopy(model)
+    kept = prune_in_place(out.net, amount, scope)
+
+    def reapply() -> None:
+        with torch.no_grad():
+            for w, m in kept:
+                w.mul_(m)
+
+    train(out, data.x, data.y, cfg, seed, desc="prune_finetune", after_step=reapply)
     return out
 
 
