@@ -241,11 +241,12 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
             digest = sha256_file(cand.path)
         else:
             raise ModelFileError(f"{cand.path}: file not found")
+        where = f"{cand.path} (from {source})"
         if owner and digest == owner:
-            raise ConfigError(f"{cand.path}: is the owner model itself (sha256 {digest[:12]}…); it cannot be a negative")
+            raise ConfigError(f"{where}: is the owner model itself (sha256 {digest[:12]}…); it cannot be a negative")
         if digest in seen:
-            raise ConfigError(f"{cand.path}: is the same file as {seen[digest]} (sha256 {digest[:12]}…); each negative counts once")
-        seen[digest] = cand.path
+            raise ConfigError(f"{where}: is the same file as {seen[digest]} (sha256 {digest[:12]}…); each negative counts once")
+        seen[digest] = where
     negatives = []
     for cand, _, _ in candidates:
         model, meta = _suspect(cand, fmeta)
