@@ -39,7 +39,7 @@ def test_false_positive_share_stays_under_the_level_on_a_small_grid() -> None:
     tables = bench.Tables(50)
     for i, null in enumerate([None, (0.1, 30.0), (0.35, 100.0)]):
         for negatives in (2, 5, 20):
-            cell = bench.run_cell(tables, null, negatives, 400, (0.01, 0.05), 5e-4, seed=i * 100 + negatives)
+            cell = bench.run_cell(tables, null, negatives, 400, (0.01, 0.05), 0.5, seed=i * 100 + negatives)
             for level, c in cell.items():
                 assert c["fpr"] <= float(level) + 2 * math.sqrt(float(level) * (1 - float(level)) / 400), (null, negatives, level, c)
                 assert c["fpr_exact"] <= float(level), (null, negatives, level, c)
@@ -48,7 +48,7 @@ def test_false_positive_share_stays_under_the_level_on_a_small_grid() -> None:
 def test_the_plug_in_null_would_fail_where_ours_holds() -> None:
     """The old rule (the fitted null as if exact) calls far more independents pirated with few negatives."""
     bench = _bench()
-    cell = bench.run_cell(bench.Tables(100), (0.25, 80.0), 3, 300, (0.01,), 5e-4, seed=3)["0.01"]
+    cell = bench.run_cell(bench.Tables(100), (0.25, 80.0), 3, 300, (0.01,), 0.5, seed=3)["0.01"]
     assert cell["plugin_fpr"] > 0.02 > cell["fpr_exact"]
 
 
@@ -60,14 +60,14 @@ def test_copies_are_pirated_and_independents_not() -> None:
     fresh = assess(12, 100, cal)
     assert fresh.verdict == "independent" and fresh.p_value > 0.1
     assert p_value(0, 100, cal) == 1.0
-    assert cal.min_p_value == pytest.approx(p_value(100, 100, cal)) and cal.min_p_value >= cal.nuisance
+    assert cal.min_p_value == pytest.approx(p_value(100, 100, cal)) and 0 < cal.min_p_value < 1e-3
 
 
-def test_p_value_is_monotone_and_has_a_floor() -> None:
+def test_p_value_is_monotone_and_positive() -> None:
     cal = fit_calibration([20, 25, 30, 22, 27, 31, 24, 26], 100)
     ps = [p_value(x, 100, cal) for x in range(101)]
     assert all(a >= b for a, b in zip(ps, ps[1:]))
-    assert min(ps) >= cal.nuisance
+    assert min(ps) > 0
 
 
 def test_few_negatives_are_inconclusive_never_pirated() -> None:
@@ -126,3 +126,24 @@ def test_bad_input_and_old_calibrations_are_refused() -> None:
         Calibration.from_dict({"alpha": 1.0, "beta": 20816.0, "negatives": 2, "mean_matching_rate": 0.0,
                                "max_matching_rate": 0.0, "level": 0.01})
     assert verdict(0.001, 0.01) == "pirated" and verdict(0.5, 0.01) == "independent"
+
+
+def test_p_value_is_the_smallest_level_whose_rule_calls_it_pirated() -> None:
+    """p(x) <= alpha exactly when U_{s alpha}(x) <= (1 - s) alpha, with U the bound over the grid points
+    whose (widened) deviance is within z_{1 - s alpha}^2: the closed form against the rule itself."""
+    from scipy import special
+
+    from ipguard.stats import _grid, deviance, negatives_loglik, tail_table
+
+    negatives, n, share = [20, 25, 30, 36, 28, 22, 18, 33, 24, 27], 100, 0.5
+    cal = fit_calibration(negatives, n, nuisance=share)
+    dev = deviance(negatives_loglik(negatives, n))
+    a, b, _ = _grid()
+    for alpha in (0.05, 0.01, 1e-3, 1e-4):
+        inside = dev <= special.ndtri(1 - share * alpha) ** 2
+        bound = tail_table(n, a[inside], b[inside]).max(axis=0)
+        for x in range(1, n + 1):
+            rule = bound[x] <= (1 - share) * alpha
+            p = p_value(x, n, cal)
+            if abs(p - alpha) > 1e-9 * alpha:  # exactly at the boundary either answer is right
+                assert (p <= alpha) == rule, (alpha, x, p, bound[x])

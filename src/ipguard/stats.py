@@ -12,21 +12,24 @@ few negatives that is badly wrong: a simulation of a true Beta(20, 60) null with
 negatives that match nothing fit a null so narrow that one matching point looks like theft.
 
 The p-value here accounts for that uncertainty, after Berger & Boos ("P values maximized over a
-confidence set for the nuisance parameter", JASA 89(427):1012-1016, 1994):
+confidence set for the nuisance parameter", JASA 89(427):1012-1016, 1994). Let U_nu(x) be the
+upper end of a one-sided (1 - nu) profile-likelihood bound on the true tail P(X >= x):
 
-    p(x) = nu + U_nu(x),   U_nu(x) = max { P(X >= x | mu, kappa) : 2 (l_max - l(mu, kappa)) <= z^2 }
+    U_nu(x) = max { P(X >= x | mu, kappa) : 2 (l_max - l(mu, kappa)) <= z_{1-nu}^2 }
 
-where l is the negatives' beta-binomial log-likelihood and z the (1 - nu) normal quantile: U_nu(x)
-is the upper end of a one-sided (1 - nu) profile-likelihood bound on the true tail P(X >= x).
-Why that is a valid p-value: let x* be the smallest count whose true tail is <= level - nu. A
-fresh independent model is called pirated at the level only if X >= c, c the smallest count with
-p(c) <= level. If c >= x*, that happens with probability <= level - nu; c < x* needs the bound at
-the fixed count x* - 1 to fall below the true tail, which happens with probability <= nu. So
-P(p <= level) <= level for every level and every N, as far as the bound's coverage holds. That
+with l the negatives' beta-binomial log-likelihood. At level alpha, a suspect is called pirated
+when U_{s alpha}(x) <= (1 - s) alpha, s the share of the level spent on the null's uncertainty
+(``nuisance``, 1/2 by default). Why that holds the level: let x* be the smallest count whose
+true tail is <= (1 - s) alpha. A fresh independent model is called pirated only if X >= c, c the
+smallest count that passes. If c >= x*, that happens with probability <= (1 - s) alpha; c < x*
+needs the bound at the fixed count x* - 1 to fall below its true tail, which happens with
+probability <= s alpha. So at most alpha in all, for every N. The rule is nested in alpha (a
+larger alpha narrows the bound and raises the bar), so p(x) = the smallest alpha that calls x
+pirated is a p-value with P(p <= alpha) <= alpha, as far as the bound's coverage holds. That
 coverage is asymptotic in N; ``benchmarks/calibration.py`` measures the false-positive share by
-simulation for N from 2 to 50, which is what shows it holds where it matters. The price: p never
-falls below nu (5e-4 by default), and with few negatives the bound is wide, so p stays large
-unless the suspect matches far more than independent models can.
+simulation for N from 2 to 50, which is what shows it holds where it matters. The price: with
+few negatives the bound is wide, so p stays large unless the suspect matches far more than
+independent models can.
 
 Two assumptions, both stated where verdicts are printed: independent models' match rates follow
 a beta law, and that law is not U-shaped (max(a, b) >= 1: a single mode, possibly at 0 or 1).
@@ -50,7 +53,7 @@ import numpy as np
 from scipy import special
 
 VERDICTS = ("pirated", "independent", "inconclusive")
-DEFAULT_NUISANCE = 5e-4  # the p-value floor: ten times below level 0.01 leaves room for p <= 1e-3
+DEFAULT_NUISANCE = 0.5  # the share of a level spent on not knowing the null
 
 # The (logit mu, log kappa) grid. kappa from 1 (the flattest non-U-shaped law at mu = 0.5 is
 # uniform, kappa = 2; at the ends kappa can go down to 1) to 1e5 (binomial for any n used here).
@@ -84,48 +87,74 @@ def tail_table(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(tail, 0.0, 1.0)
 
 
-def region_mask(loglik: np.ndarray, nuisance: float) -> np.ndarray:
-    """Grid points whose likelihood ratio keeps them in the profile-likelihood bound, widened by a step.
+def deviance(loglik: np.ndarray) -> np.ndarray:
+    """2 (l_max - l) at every grid point, then the smallest over its 3x3 neighbourhood.
 
-    ``loglik`` is the negatives' log-likelihood at every grid point (-inf where not allowed). The
-    upper end of a one-sided (1 - nuisance) profile-likelihood bound on any one tail probability is
-    its maximum over {2 (l_max - l) <= z^2}, z the (1 - nuisance) normal quantile (chi-square with
-    one degree of freedom at 1 - 2 nuisance).
+    A point enters the bound once its own deviance or a neighbour's is within the cut-off: the
+    bound is widened by one grid step in every direction, so that the maximum over grid points
+    does not undershoot the maximum between them. Not allowed points stay at +inf.
     """
     shape = (_LOGIT_MU.size, _LOG_KAPPA.size)
     ll = loglik.reshape(shape)
-    inside = ll >= np.max(ll) - 0.5 * _z2(nuisance)
-    grown = inside.copy()
+    dev = 2.0 * (np.max(ll) - ll)
+    grown = dev.copy()
     for d0 in (-1, 0, 1):
         for d1 in (-1, 0, 1):
-            grown |= _shift2(inside, d0, d1)
-    return (grown & np.isfinite(ll)).ravel()
+            grown = np.minimum(grown, _shift2(dev, d0, d1))
+    return np.where(np.isfinite(ll), grown, np.inf).ravel()
 
 
-@functools.lru_cache(maxsize=16)
-def _z2(nuisance: float) -> float:
-    return float(special.ndtri(1.0 - nuisance) ** 2)
+def _shift2(values: np.ndarray, d0: int, d1: int) -> np.ndarray:
+    """``values`` moved by (d0, d1) grid steps, +inf where nothing moved in."""
+    out = np.full_like(values, np.inf)
+    h, w = values.shape
+    out[max(d0, 0) : h - max(-d0, 0), max(d1, 0) : w - max(-d1, 0)] = values[max(-d0, 0) : h - max(d0, 0), max(-d1, 0) : w - max(d1, 0)]
+    return out
 
 
-def p_curve(loglik: np.ndarray, n: int, nuisance: float, tails: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+def _bound_share(dev: np.ndarray) -> np.ndarray:
+    """The nuisance level nu at which a deviance enters the one-sided bound: dev = z_{1-nu}^2."""
+    return special.ndtr(-np.sqrt(dev))
+
+
+# Points whose deviance is this large only matter for p-values below ~1e-12: left out.
+_MAX_DEVIANCE = 50.0
+# The fit "holds" when the 1 - 1e-4 bound (z^2 = 13.8) stays below the grid's largest mean.
+_HOLD_DEVIANCE = float(special.ndtri(1.0 - 1e-4) ** 2)
+
+
+def p_curve(loglik: np.ndarray, n: int, share: float, tails: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """p(x) for x = 0..n under the negatives' log-likelihood on the grid, and whether the fit holds.
 
+    p(x) = inf { alpha : U_{share alpha}(x) <= (1 - share) alpha }, U_nu(x) the upper end of the
+    one-sided (1 - nu) profile-likelihood bound on P(X >= x) (see the module docstring). The bound
+    grows by whole grid points as nu falls, so the infimum is found exactly: with grid points
+    sorted by deviance, the bound over the first k of them is their running maximum of the tail,
+    and it holds for every alpha with share alpha above the level at which point k + 1 enters.
     ``tails``: the full :func:`tail_table` of the grid for this n, when the caller has it (the
-    simulation benchmark); otherwise only the region's rows are computed. The fit does not hold
-    when the region is empty or reaches the grid's largest mean (negatives matching nearly all).
+    simulation benchmark). The fit does not hold when the bound reaches the grid's largest mean
+    (negatives matching nearly every point).
     """
-    region = region_mask(loglik, nuisance)
-    mu_index = np.nonzero(region.reshape(_LOGIT_MU.size, _LOG_KAPPA.size))[0]
-    holds = bool(mu_index.size > 0 and mu_index.max() < _LOGIT_MU.size - 1)
-    if not mu_index.size:
+    dev = deviance(loglik)
+    rows = np.nonzero(dev <= _MAX_DEVIANCE)[0]
+    if rows.size == 0:
         return np.ones(n + 1), False
+    rows = rows[np.argsort(dev[rows], kind="stable")]
+    d = dev[rows]
     if tails is None:
         a, b, _ = _grid()
-        sup = tail_table(n, a[region], b[region]).max(axis=0)
+        tail = tail_table(n, a[rows], b[rows])
     else:
-        sup = tails[region].max(axis=0)
-    curve = np.minimum(1.0, nuisance + sup)
+        tail = tails[rows]
+    running = np.maximum.accumulate(tail, axis=0)
+    # Only the last point of a run of equal deviances can close a bound (equal ones enter together).
+    last = np.append(d[1:] > d[:-1], True)
+    enter_next = np.append(_bound_share(d[1:]), _bound_share(np.array([_MAX_DEVIANCE]))) / share
+    alpha = np.maximum(running[last] / (1.0 - share), enter_next[last][:, None])
+    curve = np.minimum(1.0, alpha.min(axis=0))
     curve[0] = 1.0
+    near = rows[d <= _HOLD_DEVIANCE] // _LOG_KAPPA.size
+    holds = bool(near.size and near.max() < _LOGIT_MU.size - 1)
     return curve, holds
 
 
@@ -135,13 +164,6 @@ def pirated_counts(curve: np.ndarray, n: int, negatives: int, holds: bool, top_r
     if negatives < 2 or not holds:
         return np.zeros(n + 1, dtype=bool)
     return (curve <= level) & (x / n > top_rate)
-
-
-def _shift2(mask: np.ndarray, d0: int, d1: int) -> np.ndarray:
-    out = np.zeros_like(mask)
-    src = mask[max(-d0, 0) : mask.shape[0] - max(d0, 0), max(-d1, 0) : mask.shape[1] - max(d1, 0)]
-    out[max(d0, 0) : mask.shape[0] - max(-d0, 0), max(d1, 0) : mask.shape[1] - max(-d1, 0)] = src
-    return out
 
 
 def negatives_loglik(matches: Sequence[int], n: int) -> np.ndarray:
@@ -218,8 +240,8 @@ def _check(matches: Sequence[int], n: int, level: float, nuisance: float) -> Non
         raise ValueError(f"matches must lie in [0, {n}]")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: must lie in (0, 1), got {level}")
-    if not 0.0 < nuisance < level:
-        raise ValueError(f"nuisance: must lie in (0, level), got {nuisance}")
+    if not 0.0 < nuisance < 1.0:
+        raise ValueError(f"nuisance: must lie in (0, 1), got {nuisance}")
 
 
 def fit_calibration(
@@ -228,7 +250,7 @@ def fit_calibration(
 ) -> Calibration:
     """Calibrate on the match counts of N known independent models (each on the same n points).
 
-    ``nuisance`` is the share of the level spent on not knowing the null (the p-value's floor).
+    ``nuisance`` is the share of any level spent on not knowing the null (see the module docstring).
     ``converged`` is False when the fit cannot be trusted: the likelihood region reaches the
     grid's upper edge of the mean (negatives that match nearly every point) or is empty.
     """
