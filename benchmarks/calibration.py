@@ -18,6 +18,7 @@ positive when it says ``pirated``). Reported per cell and level:
 
     python benchmarks/calibration.py --out benchmarks/results/calibration.json   # ~25 min on 2 cores
     python benchmarks/calibration.py --replicates 200 --negatives 2 10           # a quick look
+    python benchmarks/calibration.py --markdown benchmarks/results/calibration.json  # README tables
 """
 
 from __future__ import annotations
@@ -127,8 +128,44 @@ def nulls() -> list[tuple[str, tuple[float, float] | None]]:
     return out
 
 
+def markdown(result: dict) -> str:
+    """The README's tables: false-positive share per null and N at each level, and power."""
+    cells = {(r["null"], r["negatives"]): r["levels"] for r in result["cells"]}
+    names = list(dict.fromkeys(r["null"] for r in result["cells"]))
+    ns = sorted({r["negatives"] for r in result["cells"]})
+    out = []
+    for level in LEVELS:
+        out.append(f"False-positive share at level {level:g}: sampled ± its Monte Carlo standard error "
+                   f"({result['replicates']} fresh independent models per cell, each with fresh negatives; n = "
+                   f"{result['n']} points), and in brackets the same share averaged exactly over the fresh model:\n")
+        out.append("| null of independent models | " + " | ".join(f"N = {k}" for k in ns) + " |")
+        out.append("|---|" + "---|" * len(ns))
+        for name in names:
+            row = [cells[(name, k)][str(level)] for k in ns]
+            out.append(f"| {name} | " + " | ".join(f"{c['fpr']:.4f} ± {c['fpr_se']:.4f} ({c['fpr_exact']:.4f})" for c in row) + " |")
+        out.append("")
+    out.append(f"Plug-in maximum-likelihood null (the fitted null taken as exact), false-positive share at 0.01:\n")
+    out.append("| null | " + " | ".join(f"N = {k}" for k in ns) + " |")
+    out.append("|---|" + "---|" * len(ns))
+    for name in names:
+        out.append(f"| {name} | " + " | ".join(f"{cells[(name, k)]['0.01']['plugin_fpr']:.3f}" for k in ns) + " |")
+    out.append("")
+    out.append("Power at level 0.01: share of copies called pirated, by the rate r at which a copy matches each point:\n")
+    out.append("| null | N | " + " | ".join(f"r = {r:g}" for r in COPY_RATES) + " | calibration cannot reach 0.01 |")
+    out.append("|---|---|" + "---|" * (len(COPY_RATES) + 1))
+    for name in names:
+        if name not in ("mu=0.1 kappa=30", "mu=0.35 kappa=30", "mu=0.35 kappa=300"):
+            continue
+        for k in ns:
+            c = cells[(name, k)]["0.01"]
+            out.append(f"| {name} | {k} | " + " | ".join(f"{c[f'power@{r}']:.2f}" for r in COPY_RATES)
+                       + f" | {c['inconclusive']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", metavar="RESULT.json", help="print the README tables of a saved result and stop")
     parser.add_argument("--n", type=int, default=100, help="fingerprint points (default 100)")
     parser.add_argument("--replicates", type=int, default=2000, help="fresh independent models per cell (default 2000)")
     parser.add_argument("--negatives", type=int, nargs="+", default=list(NEGATIVES), help="values of N")
@@ -136,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())), end="")
+        return 0
     start = time.perf_counter()
     tables = Tables(args.n)
     rows = []
