@@ -64,7 +64,7 @@ def create_model(
         return _user_model(name, num_classes, tuple(input_shape), where, kwargs_where, kwargs)
     if name not in _ARCHS:
         raise ConfigError(
-            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, timm/<name> for timm's, "
+            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, or timm/<name> for timm's, "
             "or module:function / path/to/file.py:function for your own)"
         )
     fn = _ARCHS[name]
