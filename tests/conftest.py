@@ -39,7 +39,7 @@ def shrink(cfg: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
     for entry in cfg["fingerprint"].values():
         entry["n"] = 30
     cfg["fingerprint"]["ipguard"]["max_iter"] = 200
-    cfg["effects"] = {"method": "ipguard", "k": [0.3, 3.0], "n": [10, 20]}
+    cfg["effects"] = {"methods": ["ipguard"], "k": [0.3, 3.0], "n": [10, 20]}
     cfg["experiment"]["name"] = "tiny"
     cfg["tracking"]["uri"] = tracking_uri
     return cfg
@@ -91,7 +91,7 @@ def run_tiny(cfg: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch,
     params.yaml written into ``folder``, every stage run there. Returns the params."""
     from ipguard.config import params_from_dict
 
-    cfg["effects"] = {"method": "ipguard", "k": [1.0], "n": [effects_n]}
+    cfg["effects"] = {"methods": ["ipguard"], "k": [1.0], "n": [effects_n]}
     cfg["tracking"]["enabled"] = False
     params = params_from_dict(cfg)
     (folder / "params.yaml").write_text(yaml.safe_dump(cfg))

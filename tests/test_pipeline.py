@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -63,9 +64,20 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     overall = metrics["methods"]["ipguard"]["overall"]
     assert 0.0 <= overall["aruc"] <= 1.0 and 0.0 <= overall["auc"] <= 1.0
     assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
-    assert set(metrics["methods"]["ipguard"]["families"]) == {"ftll", "rtal", "prune", "quantization", "distillation"}
+    # Every reported number is on the test part: its families only (quantization has a copy in each part).
+    table = pd.read_csv(report / "matching_rates.csv")
+    test_families = set(table[(table["part"] == "test") & (table["kind"] == "positive")]["family"])
+    assert set(metrics["methods"]["ipguard"]["families"]) == test_families and "quantization" in test_families
+    assert test_families < {"ftll", "rtal", "prune", "quantization", "distillation"}
+    split = metrics["split"]
+    assert split["dev_positives"] + split["test_positives"] == 6 and split["dev_negatives"] + split["test_negatives"] == 3
+    assert overall["positives"] == split["test_positives"] and overall["negatives"] == split["test_negatives"]
     text = (report / "report.md").read_text()
     assert "| ipguard |" in text and "Accuracy of every model" in text
+    assert "## Dev and test parts" in text and "Chosen on dev" in text
+    for part in ("dev", "test"):
+        suspects = ", ".join(table[(table["part"] == part) & (table["kind"] == "positive")]["suspect"].unique())
+        assert f"| {part} |" in text and suspects in text
     assert (report / "figures/robustness_uniqueness.png").stat().st_size > 1000
     again = _dvc("repro", cwd=dvc_project, env=env)
     assert again.returncode == 0 and "Running stage" not in again.stdout
@@ -77,7 +89,7 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     assert (dvc_project / "plots_html/index.html").is_file()
     drawn = json.loads(_dvc("plots", "show", "--json", cwd=dvc_project, env=env).stdout)["data"]
     shown = " ".join(drawn)
-    for source in ("plots/curves/ipguard.csv", "plots/roc/ipguard.csv", "plots/matching_rates/ipguard.csv", "plots/effects_k.csv"):
+    for source in ("plots/curves/ipguard.csv", "plots/roc/ipguard.csv", "plots/matching_rates/ipguard.csv", "plots/effects_k/ipguard.csv"):
         assert source in shown, f"dvc plots show does not draw {source}"
 
 
@@ -121,3 +133,46 @@ def test_tracking_failure_warns_and_still_writes_outputs(tiny_params_file: Path)
     assert proc.returncode == 0, proc.stderr
     assert "MLflow tracking failed" in proc.stderr
     assert (root / "data/prepared/test.safetensors").is_file()
+
+
+def _dirty(composed: dict, **changes: object) -> dict:
+    import copy
+
+    cfg = copy.deepcopy(composed)
+    cfg["fingerprint"]["akh"]["pool"] = "other"
+    cfg.update(changes)
+    return cfg
+
+
+def test_pools_that_models_trained_on_are_refused(composed: dict, tmp_path: Path) -> None:
+    """akh drawing from `other`, which a negative (or a copy) trains on: refused with the keys named."""
+    from ipguard.config import params_from_dict
+    from ipguard.errors import ConfigError
+    from ipguard.stages.common import check_pools
+    from ipguard.stages.fingerprint import fingerprint
+
+    check_pools(params_from_dict(composed))  # the shipped config is clean
+    params = params_from_dict(_dirty(composed))
+    with pytest.raises(ConfigError, match=r"fingerprint\.akh\.pool: pool 'other' .*zoo\.models\.cnn_s5_other\.data"):
+        fingerprint(params, "akh")
+    # A copy that trains on the split (distillation on `other`) taints it as well, ...
+    only_owner = {k: v for k, v in composed["zoo"]["models"].items() if v.get("data", "owner") == "owner"}
+    distill = {"method": "distill", "family": "distillation", "data": "other", "seed": 0}
+    cfg = _dirty(composed, zoo={"models": only_owner}, postprocess={**composed["postprocess"], "distill_same": distill})
+    with pytest.raises(ConfigError, match=r"postprocess\.distill_same\.data"):
+        check_pools(params_from_dict(cfg))
+    # ... and so does a model imported from a file (its training data is taken to be the training part).
+    imported = {"m": {"arch": "cnn", "source": "file", "path": "w.pt"}}
+    with pytest.raises(ConfigError, match=r"zoo\.models\.m \(source: file"):
+        check_pools(params_from_dict(_dirty(composed, zoo={"models": {**only_owner, **imported}})))
+    check_pools(params_from_dict(_dirty(composed, zoo={"models": only_owner})))  # nothing trains on `other`: allowed
+    cfg = _dirty(composed)
+    cfg["fingerprint"]["ipguard"]["pool"] = "owner"
+    with pytest.raises(ConfigError, match=r"fingerprint\.ipguard\.pool: unknown pool 'owner'"):
+        check_pools(params_from_dict(cfg))
+    # Through the stage launcher: one line naming the key, exit status 2.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_dirty(composed)))
+    proc = subprocess.run([sys.executable, "-m", "ipguard.stages", "fingerprint", "akh"], cwd=tmp_path,
+                          env=_env(tmp_path, IPGUARD_TRACKING="0") | {"PYTHONPATH": str(ROOT / "src")},
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2 and "fingerprint.akh.pool" in proc.stderr and "Traceback" not in proc.stderr

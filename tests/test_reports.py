@@ -1,10 +1,14 @@
-"""The results index gathers each experiment's headline numbers."""
+"""The reports of the tiny experiment: the dev/test protocol, intervals, the choice made on dev, the results index."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pandas as pd
+import pytest
+
+from ipguard.evaluate import bootstrap_intervals, split_suspects, summarize
 from ipguard.report_index import build
 
 
@@ -13,7 +17,55 @@ def test_index_lists_every_experiment_and_method(workspace: Path) -> None:
     metrics = json.loads((workspace / "reports/tiny/metrics.json").read_text())["methods"]
     assert "dvc exp run -S experiment=tiny" in text
     for method, m in metrics.items():
-        assert f"| {method} | {m['overall']['aruc']:.3f} |" in text
+        assert f"| {method} | {m['overall']['aruc']:.3f} [{m['overall']['aruc_lo']:.2f}, {m['overall']['aruc_hi']:.2f}] |" in text
     cost = json.loads((workspace / "reports/tiny/generation_cost.json").read_text())
     assert cost["ipguard"]["converged_share"] == 1.0 and cost["ipguard"]["n"] == 30
     assert f"| tiny | ipguard | 30 | {cost['ipguard']['seconds']:.3f} |" in text
+    effects = json.loads((workspace / "reports/tiny/effects.json").read_text())
+    assert f"| tiny | ipguard | {effects['chosen']['ipguard']['k']:.3f} |" in text
+
+
+def test_reported_numbers_are_those_of_the_test_part(workspace: Path) -> None:
+    out = workspace / "reports/tiny"
+    table = pd.read_csv(out / "matching_rates.csv")
+    info = table.drop_duplicates("suspect")
+    # The parts are split_suspects' of the suspects' kinds and families; the owner is in neither.
+    scored = info[info["kind"] != "owner"]
+    expected = split_suspects(zip(scored["suspect"], scored["kind"], scored["family"]), 0.5, 0)
+    assert dict(zip(scored["suspect"], scored["part"])) == expected
+    assert set(info[info["kind"] == "owner"]["part"]) == {"none"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    df = table[(table["method"] == "ipguard") & (table["part"] == "test")]
+    pos = df[df["kind"] == "positive"]["matching_rate"]
+    neg = df[df["kind"] == "negative"]["matching_rate"]
+    overall = metrics["methods"]["ipguard"]["overall"]
+    assert overall["aruc"] == pytest.approx(summarize(pos, neg)["aruc"])
+    assert overall["tpr_fpr_bound"] == 0.0  # a handful of negatives resolve no FPR above 0
+    ci = bootstrap_intervals(pos, neg, metrics["max_fpr"], 1000, 0.95, 0)
+    assert overall["aruc_lo"] == pytest.approx(ci["aruc_lo"]) and overall["auc_hi"] == pytest.approx(ci["auc_hi"])
+    text = (out / "report.md").read_text()
+    assert f"TPR@FPR=0 (N={len(neg)})" in text
+    assert "## Overall, per fingerprint method (test part)" in text
+    # Plot tables hold the test part only.
+    rates = pd.read_csv(out / "plots/matching_rates/ipguard.csv")
+    assert set(rates["suspect"]) == set(df["suspect"]) | {"owner"}
+
+
+def test_effects_choose_on_dev_and_report_test(workspace: Path) -> None:
+    out = workspace / "reports/tiny"
+    effects = json.loads((out / "effects.json").read_text())
+    grid = [r for r in effects["grid"] if r["method"] == "ipguard"]
+    assert {(r["k"], r["n"]) for r in grid} == {(k, n) for k in (0.3, 3.0) for n in (10, 20, 30)}
+    chosen = effects["chosen"]["ipguard"]
+    best = max(r["dev"]["aruc"] for r in grid)
+    assert chosen["dev"]["aruc"] == best
+    # Ties go to the larger n, then the larger k.
+    assert (chosen["n"], chosen["k"]) == max((r["n"], r["k"]) for r in grid if r["dev"]["aruc"] == best)
+    at = next(r for r in grid if (r["k"], r["n"]) == (chosen["k"], chosen["n"]))
+    assert chosen["test"]["aruc"] == at["test"]["aruc"]
+    assert chosen["test"]["aruc_lo"] <= chosen["test"]["aruc"] <= chosen["test"]["aruc_hi"]
+    assert set(effects["split"]["dev"]["positive"]).isdisjoint(effects["split"]["test"]["positive"])
+    text = (out / "effects.md").read_text()
+    assert "## Chosen on dev, measured on test" in text and "## Dev part: every setting" in text
+    curve = pd.read_csv(out / "plots/effects_k/ipguard.csv")
+    assert list(curve["k"]) == [0.3, 3.0] and "ARUC dev" in curve and "ARUC test" in curve

@@ -47,10 +47,14 @@ def test_sweep_jobs_are_child_runs_and_agree_with_the_pipeline(project: Path, la
     sweep = project / "multirun/s"
     results = [json.loads((sweep / str(i) / "result.json").read_text()) for i in range(2)]
     assert [r["overrides"] for r in results] == [{"k": 0.3}, {"k": 3}]
-    # The same k, seed and models as the effects stage's fresh sets: the same ARUC.
-    effects = {row["k"]: row for row in json.loads((project / "reports_pipeline/tiny/effects.json").read_text())["k"]}
+    # The same k, seed, models and parts as the effects stage's fresh sets (at the full n): the same
+    # ARUC on dev (the sweep's headline) and on test.
+    grid = json.loads((project / "reports_pipeline/tiny/effects.json").read_text())["grid"]
+    effects = {row["k"]: row for row in grid if row["method"] == "ipguard" and row["n"] == 30}
     for r in results:
-        assert r["metrics"]["aruc"] == pytest.approx(effects[float(r["overrides"]["k"])]["ARUC"])
+        row = effects[float(r["overrides"]["k"])]
+        assert r["metrics"]["aruc"] == pytest.approx(row["dev"]["aruc"])
+        assert r["metrics"]["test.aruc"] == pytest.approx(row["test"]["aruc"])
         assert (sweep / str(results.index(r)) / "figures/roc.png").stat().st_size > 1000
     assert (sweep / "sweep.csv").read_text().count("\n") == 3
     assert (sweep / "aruc_vs_k.png").stat().st_size > 1000

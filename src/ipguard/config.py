@@ -88,15 +88,34 @@ class ZooCfg:
 
 
 @dataclass
+class SplitCfg:
+    """How the suspects are cut into a dev part (settings are chosen there) and a test part (reported)."""
+
+    dev_fraction: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class BootstrapCfg:
+    """Percentile bootstrap intervals of ARUC, AUC and the TPR (positives and negatives resampled apart)."""
+
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass
 class EvaluateCfg:
     max_fpr: float = 0.01
     level: float = 0.01
     batch_size: int = 512
+    split: SplitCfg = field(default_factory=SplitCfg)
+    bootstrap: BootstrapCfg = field(default_factory=BootstrapCfg)
 
 
 @dataclass
 class EffectsCfg:
-    method: str = "ipguard"
+    methods: list[str] = field(default_factory=list)  # empty: every fingerprint entry of method ipguard
     k: list[float] = field(default_factory=lambda: [0.0, 0.3, 1.0, 3.0, 10.0])
     n: list[int] = field(default_factory=lambda: [10, 25, 50, 100])
 

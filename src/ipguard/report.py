@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ipguard.evaluate import robustness, roc_curve, summarize, uniqueness
+from ipguard.config import BootstrapCfg, SplitCfg
+from ipguard.evaluate import bootstrap_intervals, robustness, roc_curve, summarize, tpr_label, uniqueness
 from ipguard.stats import Calibration, fit_calibration, leave_one_out_p_values, p_value, verdict
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
@@ -20,17 +21,42 @@ def split_kinds(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[df["kind"] == "positive"], df[df["kind"] == "negative"]
 
 
-def method_metrics(table: pd.DataFrame, max_fpr: float) -> dict[str, dict[str, Any]]:
-    """Per fingerprint method: ARUC, AUC, TPR at ``max_fpr`` overall and per positive family."""
+def in_part(table: pd.DataFrame, part: str | None) -> pd.DataFrame:
+    """The rows of the suspects in ``part`` (``dev`` or ``test``) and the owner's rows.
+
+    ``None``, or a table without a ``part`` column (one written before the dev/test split), gives
+    the whole table.
+    """
+    if part is None or "part" not in table.columns:
+        return table
+    return table[(table["part"] == part) | (table["kind"] == "owner")]
+
+
+def _summary(pos: pd.Series, neg: pd.Series, max_fpr: float, bootstrap: BootstrapCfg | None) -> dict[str, float]:
+    out = summarize(pos, neg, max_fpr)
+    if bootstrap is not None:
+        out.update(bootstrap_intervals(pos, neg, max_fpr, bootstrap.resamples, bootstrap.confidence, bootstrap.seed))
+    return out
+
+
+def method_metrics(table: pd.DataFrame, max_fpr: float, part: str | None = "test",
+                   bootstrap: BootstrapCfg | None = None) -> dict[str, dict[str, Any]]:
+    """Per fingerprint method: ARUC, AUC, TPR at ``max_fpr`` overall and per positive family,
+    on the suspects of ``part`` (``test``: what is reported; ``dev``: what settings are chosen on).
+
+    With ``bootstrap``, each summary also holds percentile intervals (``aruc_lo``, ``aruc_hi``, ...;
+    :func:`ipguard.evaluate.bootstrap_intervals`). A family whose copies all lie in the other
+    part has no entry.
+    """
     out: dict[str, dict[str, Any]] = {}
-    for method, df in table.groupby("method", sort=False):
+    for method, df in in_part(table, part).groupby("method", sort=False):
         pos, neg = split_kinds(df)
         owner = df[df["kind"] == "owner"]["matching_rate"]
         entry: dict[str, Any] = {"owner_matching_rate": float(owner.iloc[0]) if len(owner) else None}
         if len(pos) and len(neg):
-            entry["overall"] = summarize(pos["matching_rate"], neg["matching_rate"], max_fpr)
+            entry["overall"] = _summary(pos["matching_rate"], neg["matching_rate"], max_fpr, bootstrap)
             entry["families"] = {
-                family: summarize(fam["matching_rate"], neg["matching_rate"], max_fpr)
+                family: _summary(fam["matching_rate"], neg["matching_rate"], max_fpr, bootstrap)
                 for family, fam in pos.groupby("family", sort=False)
             }
         out[str(method)] = entry
@@ -116,28 +142,98 @@ def md_table(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_interval(summary: Mapping[str, Any], key: str) -> str | None:
+    """``0.530 [0.41, 0.62]``: a metric with its bootstrap interval where the summary holds one."""
+    value = summary.get(key)
+    if value is None:
+        return None
+    if f"{key}_lo" not in summary:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{summary[f'{key}_lo']:.2f}, {summary[f'{key}_hi']:.2f}]"
+
+
+def part_members(table: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """part -> kind -> the suspects in it (``dev`` and ``test``; positives and negatives), in table order."""
+    info = table.drop_duplicates("suspect")
+    out: dict[str, dict[str, list[str]]] = {}
+    for part in ("dev", "test"):
+        rows = info[info["part"] == part] if "part" in info.columns else info.iloc[0:0]
+        out[part] = {kind: rows[rows["kind"] == kind]["suspect"].astype(str).tolist() for kind in ("positive", "negative")}
+    return out
+
+
+def split_section(table: pd.DataFrame, split: SplitCfg | None, chosen: str) -> str:
+    """The report's account of the dev/test protocol: the rule, the suspects of each part, what dev chose."""
+    members = part_members(table)
+    rule = (f" (`evaluate.split`: dev_fraction {split.dev_fraction:g}, seed {split.seed})" if split is not None else "")
+    text = [
+        "## Dev and test parts\n",
+        f"The positives and negatives are split{rule} into a **dev** part, on which settings are chosen, "
+        "and a **test** part, on which every number of this report is computed (the owner is in neither). "
+        "Negatives are kept whole per family (architecture and training data, or author); positives of a "
+        "post-processing family with several members are divided between the parts, families of one member "
+        "go whole to one part, so a family may be missing from the test tables below.\n",
+    ]
+    rows = [{"part": part, "positives": len(m["positive"]), "negatives": len(m["negative"]),
+             "positive suspects": ", ".join(m["positive"]) or "–", "negative suspects": ", ".join(m["negative"]) or "–"}
+            for part, m in members.items()]
+    text.append(md_table(rows))
+    text.append(f"\nChosen on dev: {chosen}\n")
+    return "\n".join(text)
+
+
+def settings_table(costs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each set's settings (from its fingerprint file's config): what the report's numbers are for."""
+    rows = []
+    for method, c in costs.items():
+        cfg = c.get("config", {})
+        rows.append({"set": method, "method": cfg.get("method"), "n": cfg.get("n"), "k": cfg.get("k"),
+                     "start": cfg.get("start"), "target": cfg.get("target"), "pool": cfg.get("pool")})
+    return rows
+
+
 def markdown_report(
     table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
     experiment: str, description: str, max_fpr: float,
     verdicts: pd.DataFrame | None = None, calibrations: Mapping[str, Calibration] | None = None, level: float = 0.01,
+    split: SplitCfg | None = None, bootstrap: BootstrapCfg | None = None,
 ) -> str:
-    """The experiment's report: headline metrics, per-family metrics, matching rates, accuracies, cost."""
-    fpr_label = f"TPR@{max_fpr:.0%}FPR"
+    """The experiment's report: the dev/test parts, headline metrics with intervals, per-family
+    metrics, verdict shares (test part), matching rates, p-values and accuracies of every
+    suspect (with its part), generation cost.
+
+    ``table`` is the whole matching-rate table (with its ``part`` column); ``metrics`` are
+    :func:`method_metrics` of its test part.
+    """
+    test = in_part(table, "test")
+    _, test_neg = split_kinds(test[test["method"] == test["method"].iloc[0]]) if len(test) else (None, test)
+    n_neg = len(test_neg)
+    fpr_label = tpr_label(max_fpr, n_neg) if n_neg else f"TPR@{max_fpr:.0%}FPR"
+    ci = f"; [..] = {bootstrap.confidence:.0%} percentile bootstrap interval ({bootstrap.resamples} resamples of the positives and, apart, of the negatives)" if bootstrap else ""
     parts = [f"# IPGuard evaluation: `{experiment}`\n", description.strip() + "\n" if description else ""]
     parts.append(
         "Matching rate (MR) = share of fingerprint points on which a suspect gives the owner's label. "
         "Positives are post-processed copies of the owner, negatives independently trained models. "
         "ARUC = area under min(robustness, uniqueness) over thresholds in [0, 1] (exact); "
-        f"AUC = ROC AUC with MR as the score; {fpr_label} = true-positive rate at a false-positive rate of at most {max_fpr:.0%}.\n"
+        f"AUC = ROC AUC with MR as the score; {fpr_label} = the true-positive rate at a false-positive rate of at most "
+        f"{max_fpr:.0%} that {n_neg} test negatives can resolve: FPRs come in steps of 1/{max(n_neg, 1)}, so "
+        + ("with fewer than 1/max_fpr negatives it is the TPR at FPR 0 (threshold above every negative)" if n_neg and n_neg * max_fpr < 1
+           else "the bound is floor(max_fpr × N)/N") + f"{ci}.\n"
     )
-    parts.append("## Overall, per fingerprint method\n")
+    chosen = ("the effects stage sweeps the margin k and the number of points n of each IPGuard variant (start and "
+              "target) and chooses them on the dev part; its choice and the test metrics at it are in `effects.md`. "
+              "The sets evaluated below use the settings of `conf/` (not chosen on these suspects):\n\n" + md_table(settings_table(costs))
+              if costs else "nothing (the settings are those of `conf/`).")
+    parts.append(split_section(table, split, chosen))
+    parts.append("## Overall, per fingerprint method (test part)\n")
     rows = []
     for method, m in metrics.items():
         o = m.get("overall", {})
-        df = table[table["method"] == method]
+        df = test[test["method"] == method]
         pos, neg = split_kinds(df)
         rows.append({
-            "method": method, "ARUC": o.get("aruc"), "AUC": o.get("auc"), fpr_label: o.get("tpr_at_fpr"),
+            "method": method, "ARUC": with_interval(o, "aruc"), "AUC": with_interval(o, "auc"),
+            fpr_label: with_interval(o, "tpr_at_fpr"),
             "owner MR": m.get("owner_matching_rate"),
             "mean MR positives": float(pos["matching_rate"].mean()) if len(pos) else None,
             "min MR positives": float(pos["matching_rate"].min()) if len(pos) else None,
@@ -146,52 +242,60 @@ def markdown_report(
             "P": len(pos), "N": len(neg),
         })
     parts.append(md_table(rows))
-    parts.append("\n## Per post-processing family (each family's copies against all negatives)\n")
+    parts.append("\n## Per post-processing family (test part: each family's test copies against the test negatives)\n")
     rows = []
     for method, m in metrics.items():
         for family, f in m.get("families", {}).items():
-            df = table[(table["method"] == method) & (table["family"] == family) & (table["kind"] == "positive")]
-            rows.append({"method": method, "family": family, "ARUC": f["aruc"], "AUC": f["auc"],
-                         fpr_label: f["tpr_at_fpr"], "min MR": f["min_positive_mr"],
+            df = test[(test["method"] == method) & (test["family"] == family) & (test["kind"] == "positive")]
+            rows.append({"method": method, "family": family, "ARUC": with_interval(f, "aruc"), "AUC": with_interval(f, "auc"),
+                         fpr_label: with_interval(f, "tpr_at_fpr"), "min MR": f["min_positive_mr"],
                          "mean MR": float(df["matching_rate"].mean()), "copies": len(df)})
     parts.append(md_table(rows))
+    if verdicts is not None and not verdicts.empty:
+        parts.append(f"\n## Verdicts at level {level:g} (test part)\n")
+        parts.append(
+            "p-value = how unlikely an independent model is to match at least this many points, under the null fitted "
+            "to the negatives' match counts (all negatives of the experiment, dev and test: the calibration shipped in "
+            "`fingerprints/calibrated/`). Negatives are tested leave-one-out (calibrated on the others), so their "
+            "pirated share is an honest false-positive rate. Shares below are over the test part.\n"
+        )
+        rows = []
+        test_verdicts = in_part(verdicts, "test")
+        for method, df in test_verdicts.groupby("method", sort=False):
+            pos, neg = split_kinds(df)
+            owner = df[df["kind"] == "owner"]
+            shares = {k.replace("_", " "): v for k, v in verdict_shares(df).items()}
+            rows.append({"method": method, "null mean MR": calibrations[method].mean if calibrations and method in calibrations else None,
+                         "owner p": float(owner["p_value"].iloc[0]) if len(owner) else None, **shares,
+                         "max p positives": float(pos["p_value"].max()) if len(pos) else None,
+                         "min p negatives": float(neg["p_value"].min()) if len(neg) else None})
+        parts.append(md_table(rows))
     parts.append("\n## Matching rate of every suspect\n")
     wide = table.pivot_table(index="suspect", columns="method", values="matching_rate", sort=False)
     info = table.drop_duplicates("suspect").set_index("suspect")
+    has_part = "part" in info.columns
     rows = []
     for suspect in info.index:
-        row: dict[str, Any] = {"suspect": suspect, "kind": info.at[suspect, "kind"], "family": info.at[suspect, "family"]}
+        row: dict[str, Any] = {"suspect": suspect, "kind": info.at[suspect, "kind"]}
+        if has_part:
+            row["part"] = info.at[suspect, "part"]
+        row["family"] = info.at[suspect, "family"]
         row.update({f"MR {m}": float(wide.at[suspect, m]) for m in wide.columns})
         rows.append(row)
     parts.append(md_table(rows))
-    parts.append("\n## Accuracy of every model (held-out test split)\n")
+    parts.append("\n## Accuracy of every model (held-out test split of the data)\n")
     rows = [
-        {"model": s, "kind": info.at[s, "kind"], "family": info.at[s, "family"], "arch": info.at[s, "arch"],
+        {"model": s, "kind": info.at[s, "kind"], **({"part": info.at[s, "part"]} if has_part else {}),
+         "family": info.at[s, "family"], "arch": info.at[s, "arch"],
          "storage": info.at[s, "storage"], "lineage": info.at[s, "lineage"], "test accuracy": float(info.at[s, "test_accuracy"])}
         for s in info.index
     ]
     parts.append(md_table(rows))
     if verdicts is not None and not verdicts.empty:
-        parts.append(f"\n## Verdicts at level {level:g} (beta-binomial calibration on the negatives)\n")
-        parts.append(
-            "p-value = P(an independent model matches at least this many points), with the independent "
-            "models' match rate fitted as a Beta distribution to the negatives of the zoo. Negatives are "
-            "tested leave-one-out (calibrated on the others), so their pirated share is an honest false-positive rate.\n"
-        )
-        rows = []
-        for method, df in verdicts.groupby("method", sort=False):
-            pos, neg = split_kinds(df)
-            owner = df[df["kind"] == "owner"]
-            rows.append({"method": method, "null mean MR": calibrations[method].mean if calibrations else None,
-                         "owner p": float(owner["p_value"].iloc[0]) if len(owner) else None,
-                         "positives called pirated": float((pos["verdict"] == "pirated").mean()) if len(pos) else None,
-                         "negatives called pirated (LOO)": float((neg["verdict"] == "pirated").mean()) if len(neg) else None,
-                         "max p positives": float(pos["p_value"].max()) if len(pos) else None,
-                         "min p negatives": float(neg["p_value"].min()) if len(neg) else None})
-        parts.append(md_table(rows))
-        parts.append("\n### p-value of every suspect\n")
+        parts.append("\n## p-value of every suspect\n")
         wide = verdicts.pivot_table(index="suspect", columns="method", values="p_value", sort=False)
-        rows = [{"suspect": s, **{m: f"{wide.at[s, m]:.2e}" for m in wide.columns}} for s in wide.index]
+        rows = [{"suspect": s, **({"part": info.at[s, "part"]} if has_part else {}),
+                 **{m: f"{wide.at[s, m]:.2e}" for m in wide.columns}} for s in wide.index]
         parts.append(md_table(rows))
     if costs:
         parts.append("\n## Fingerprint generation cost\n")
@@ -224,7 +328,7 @@ def plot_figures(table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], 
             ax.step(c["threshold"], c["robustness"], where="post", label="robustness R(t)")
             ax.step(c["threshold"], c["uniqueness"], where="post", label="uniqueness U(t)")
             ax.fill_between(c["threshold"], np.minimum(c["robustness"], c["uniqueness"]), step="post", alpha=0.2)
-            ax.set_title(f"{method}: ARUC {metrics[method]['overall']['aruc']:.3f}")
+            ax.set_title(f"{method}: test ARUC {metrics[method]['overall']['aruc']:.3f}")
             ax.set_xlabel("threshold t on the matching rate")
             ax.set_ylim(-0.02, 1.02)
             ax.legend(loc="lower left", fontsize=8)
@@ -249,7 +353,7 @@ def plot_figures(table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], 
         ax.set_xticks(range(len(families)), families, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("matching rate")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{method}: matching rate per family (red positive, blue negative)", fontsize=9)
+        ax.set_title(f"{method}: matching rate per family, test part (red positive, blue negative)", fontsize=9)
         written.append(save_figure(fig, outdir / f"matching_rates_{method}.png"))
     return written
 

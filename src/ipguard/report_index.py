@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ipguard.config import CONF_DIR
 from ipguard.io import write_text
-from ipguard.report import md_table
+from ipguard.report import md_table, with_interval
 
 COMMANDS = {"digits": "make repro"}
 
@@ -21,40 +21,50 @@ def build(reports: Path) -> str:
     """The markdown of the index over every experiment folder under ``reports``."""
     experiments = sorted(p.parent.name for p in reports.glob("*/metrics.json"))
     parts = ["# Results\n",
-             "Every table below is read from `reports/<experiment>/metrics.json`; the full tables "
-             "(per family, per suspect, p-values, accuracies, generation cost) are in each "
-             "experiment's `report.md`, the effect of k and n in its `effects.md`. "
+             "Every table below is read from `reports/<experiment>/metrics.json` and `effects.json`; "
+             "every number is measured on the experiment's test part of the suspects (settings are "
+             "chosen on its dev part). The full tables (the parts, per family, per suspect, p-values, "
+             "accuracies, generation cost) are in each experiment's `report.md`, the choice of k and n "
+             "in its `effects.md`. "
              "Regenerate this page with `python -m ipguard.report_index`.\n"]
+    metrics = {exp: json.loads((reports / exp / "metrics.json").read_text()) for exp in experiments}
     rows = []
     for exp in experiments:
         cmd = COMMANDS.get(exp, f"dvc exp run -S experiment={exp}")
-        rows.append({"experiment": exp, "regenerate": f"`{cmd}`", "report": f"[{exp}/report.md]({exp}/report.md)"})
+        split = metrics[exp].get("split", {})
+        rows.append({"experiment": exp, "regenerate": f"`{cmd}`", "report": f"[{exp}/report.md]({exp}/report.md)",
+                     "test part (P / N)": f"{split['test_positives']} / {split['test_negatives']}" if split else "all suspects",
+                     "dev part (P / N)": f"{split['dev_positives']} / {split['dev_negatives']}" if split else "–"})
     parts.append(md_table(rows))
     missing = sorted({p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")} - set(experiments) - {"tiny"})
     if missing:
         parts.append("\nNot measured here (no results yet): " + ", ".join(f"`{m}`" for m in missing) +
                      ". Their code paths are tested on small synthetic stand-ins only (`tests/`).\n")
-    for metric, label in (("aruc", "ARUC"), ("auc", "ROC AUC"), ("tpr_at_fpr", "TPR at 1% FPR")):
-        parts.append(f"\n## {label} per fingerprint method and experiment\n")
-        data = {exp: json.loads((reports / exp / "metrics.json").read_text())["methods"] for exp in experiments}
+    tpr = ("TPR at FPR <= 1% (the FPR the test negatives resolve: at FPR 0 with fewer than 100 of them; "
+           "`tpr_fpr_bound` in metrics.json)")
+    for metric, label in (("aruc", "ARUC"), ("auc", "ROC AUC"), ("tpr_at_fpr", tpr)):
+        parts.append(f"\n## {label} per fingerprint method and experiment (test part, [95% bootstrap interval])\n")
+        data = {exp: metrics[exp]["methods"] for exp in experiments}
         methods = list(dict.fromkeys(m for exp in experiments for m in data[exp]))
-        table = [{"method": m, **{exp: data[exp].get(m, {}).get("overall", {}).get(metric) for exp in experiments}} for m in methods]
+        table = [{"method": m, **{exp: with_interval(data[exp].get(m, {}).get("overall", {}), metric) for exp in experiments}}
+                 for m in methods]
         parts.append(md_table(table))
-    parts.append("\n## Matching rates per suspect family (ipguard)\n")
+    parts.append("\n## Matching rates per suspect family (ipguard, test part)\n")
     rows = []
     for exp in experiments:
-        families = json.loads((reports / exp / "metrics.json").read_text())["methods"].get("ipguard", {}).get("families", {})
+        families = metrics[exp]["methods"].get("ipguard", {}).get("families", {})
         for family, f in families.items():
             rows.append({"experiment": exp, "family": family, "min MR": f["min_positive_mr"], "ARUC": f["aruc"], "AUC": f["auc"]})
     parts.append(md_table(rows))
-    parts.append("\n## Effect of the margin k (the k sweep of each experiment's effects stage)\n")
+    parts.append("\n## k and n chosen on dev, measured on test (each experiment's effects stage)\n")
     rows = []
     for exp in experiments:
         effects = reports / exp / "effects.json"
-        for r in json.loads(effects.read_text())["k"] if effects.is_file() else []:
-            rows.append({"experiment": exp, "k": r["k"], "ARUC": r["ARUC"], "AUC": r["AUC"],
-                         "mean MR positives": r["mean MR positives"], "mean MR negatives": r["mean MR negatives"],
-                         "converged share": r["converged share"]})
+        chosen = json.loads(effects.read_text()).get("chosen", {}) if effects.is_file() else {}
+        for method, c in chosen.items():
+            test = c.get("test") or {}
+            rows.append({"experiment": exp, "method": method, "chosen k": c["k"], "chosen n": c["n"], "dev ARUC": c["dev"]["aruc"],
+                         "test ARUC": with_interval(test, "aruc"), "test AUC": with_interval(test, "auc")})
     parts.append(md_table(rows))
     parts.append("\n## Generation cost (the fingerprint stage, on the machine that ran the experiment)\n")
     rows = []

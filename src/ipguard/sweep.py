@@ -8,7 +8,9 @@
 Each job generates one fingerprint set (the ``method`` entry of ``params.yaml``'s ``fingerprint``
 section, with the job's overrides), matches every suspect of the current experiment (the owner,
 ``models/zoo``, ``models/variants``; nothing is retrained), and writes its metrics, tables and
-figures into its Hydra output folder. With tracking on, each job is one MLflow run holding its
+figures into its Hydra output folder. A sweep chooses settings, so its metrics, figures and
+curve tables are those of the dev part of the suspects (``evaluate.split``); the test part's
+headline metrics are kept as ``test.aruc``, ``test.auc``, ... to see how a choice holds up. With tracking on, each job is one MLflow run holding its
 overrides as params, its metrics and its figures, nested under one parent run per sweep (the
 :class:`MlflowParentRun` callback), which ends with the sweep's summary table and, when k varies,
 ARUC against k.
@@ -55,8 +57,8 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     from ipguard.config import Params, load_params
     from ipguard.errors import ConfigError
     from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
-    from ipguard.report import calibrate_table, method_metrics, plot_figures, plot_tables, verdict_shares
-    from ipguard.stages.common import load_pool, load_zoo_model, setup_runtime, suspect_paths
+    from ipguard.report import calibrate_table, in_part, method_metrics, plot_figures, plot_tables, verdict_shares
+    from ipguard.stages.common import check_pool, load_pool, load_zoo_model, setup_runtime, suspect_paths
     from ipguard.stages.match import match_table
 
     params = load_params(cfg.params_file)
@@ -69,22 +71,27 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     entry, overrides = _entry(params, cfg)
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_method(entry["method"], kwargs, f"fingerprint ({cfg.method} with the sweep's overrides)")
+    check_pool(params, str(entry.get("pool", "test")), f"fingerprint.{cfg.method}.pool (with the sweep's overrides)")
     owner, _ = load_zoo_model(Params.OWNER, params.runtime.device)
     ds = params.dataset
     fp = generate(entry["method"], owner, load_pool(entry.get("pool", "test")), tuple(ds.input_shape), ds.num_classes, **kwargs)
     name = str(cfg.method)
     table = match_table(params, {name: (fp.inputs, fp.labels, {})})
     max_fpr, level = params.evaluate.max_fpr, params.evaluate.level
-    metrics = method_metrics(table, max_fpr)
+    # A sweep is for choosing settings: its headline metrics are the dev part's; the test part's
+    # are kept beside them (``test.*``) to see how a choice holds up, not to choose by.
+    metrics = method_metrics(table, max_fpr, part="dev")
+    test_metrics = method_metrics(table, max_fpr, part="test")
     verdicts, _ = calibrate_table(table, level)
+    dev = in_part(table, "dev")
     outdir.mkdir(parents=True, exist_ok=True)
     table.to_csv(outdir / "matching_rates.csv", index=False, float_format="%.6f", lineterminator="\n")
     verdicts.to_csv(outdir / "verdicts.csv", index=False, float_format="%.6g", lineterminator="\n")
-    for sub, tables in plot_tables(table).items():
+    for sub, tables in plot_tables(dev).items():
         for method, df in tables.items():
             (outdir / sub).mkdir(exist_ok=True)
             df.to_csv(outdir / sub / f"{method}.csv", index=False, float_format="%.6g", lineterminator="\n")
-    figures = plot_figures(table, metrics, outdir / "figures")
+    figures = plot_figures(dev, metrics, outdir / "figures")
     result = {
         "experiment": params.experiment.name,
         "method": name,
@@ -93,7 +100,8 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
         "metrics": {
             **metrics[name].get("overall", {}),
             **{f"{family}.aruc": m["aruc"] for family, m in metrics[name].get("families", {}).items()},
-            **verdict_shares(verdicts),
+            **verdict_shares(in_part(verdicts, "dev")),
+            **{f"test.{k}": v for k, v in test_metrics[name].get("overall", {}).items()},
             **{f"generation.{k}": v for k, v in fp.stats().items()},
         },
         "figures": [str(p) for p in figures],
@@ -132,7 +140,7 @@ def _log_child(params_file: str, result: dict[str, Any], outdir: Path, parent: M
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="sweep")
 def main(cfg: DictConfig) -> float:
-    """One job of the sweep; returns the set's ARUC (what an optimising sweeper would maximise)."""
+    """One job of the sweep; returns the set's dev ARUC (what an optimising sweeper would maximise)."""
     import sys
 
     from ipguard.errors import IpguardError
@@ -149,7 +157,7 @@ def main(cfg: DictConfig) -> float:
         _log_child(cfg.params_file, result, outdir, None)
     # In a multirun the sweep's own process logs every job (MlflowParentRun.on_multirun_end):
     # jobs in other processes or on other machines then need neither MLflow nor the store.
-    print(f"{_job_name(result['overrides'])}: ARUC {result['metrics'].get('aruc', float('nan')):.3f}, "
+    print(f"{_job_name(result['overrides'])}: dev ARUC {result['metrics'].get('aruc', float('nan')):.3f}, "
           f"AUC {result['metrics'].get('auc', float('nan')):.3f}")
     return float(result["metrics"].get("aruc", float("nan")))
 
@@ -247,7 +255,7 @@ def write_summary(results: list[dict[str, Any]], outdir: Path) -> list[Path]:
             ax.plot(df["k"], df["aruc"], marker="o", label=label)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("margin k (logits)")
-        ax.set_ylabel("ARUC")
+        ax.set_ylabel("ARUC (dev part)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{results[0]['method']}: ARUC against k ({results[0]['experiment']})")
         ax.legend(fontsize=8)

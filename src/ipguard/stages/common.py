@@ -63,12 +63,78 @@ POOLS = {"test": ("test",), "other": ("other",), "heldout": ("test", "other")}
 def load_pool(name: str) -> Split:
     """Real images a fingerprint method may start from: ``test``, ``other`` or ``heldout`` (both).
 
-    None of them is the owner's training data.
+    Which of them a given experiment may use is :func:`check_pool`'s question.
     """
     if name not in POOLS:
         raise IpguardError(f"fingerprint pool: unknown pool '{name}' (known: {', '.join(POOLS)})")
     parts = [load_split(part) for part in POOLS[name]]
     return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
+def training_splits(params: Params) -> dict[str, list[str]]:
+    """Each prepared split that some model of the experiment trains on -> the config keys that train on it.
+
+    The owner's split ``owner`` always (it is the owner's training data by name); ``model.data``
+    and each ``zoo.models.<name>.data`` of a model trained here; ``postprocess.<key>.data`` of
+    every variant that names its data (fine-tuning, distillation, extraction: a variant without
+    the key trains on nothing, or on the owner's split). A model imported from a file or a
+    package was trained elsewhere on data we cannot see: it is taken to have seen the whole
+    training part of the dataset (``owner`` and ``other``); only ``test`` is held out of it.
+    """
+    used: dict[str, list[str]] = {}
+
+    def add(split: str, key: str) -> None:
+        used.setdefault(split, []).append(key)
+
+    for name, spec, where in [(Params.OWNER, params.model, "model"),
+                              *((n, m, f"zoo.models.{n}") for n, m in params.zoo.models.items())]:
+        if spec.source == "train":
+            add(spec.data, f"{where}.data")
+        else:
+            for split in ("owner", "other"):
+                add(split, f"{where} (source: {spec.source}, trained on the dataset's training part)")
+    for key, entry in params.postprocess.items():
+        if "data" in entry:
+            add(str(entry["data"]), f"postprocess.{key}.data")
+    used.setdefault("owner", ["the owner (the split is named for its training data)"])
+    return used
+
+
+def check_pool(params: Params, pool: str, where: str) -> None:
+    """Refuse a real-image pool that holds images any model of the experiment was trained on.
+
+    Real starts, ``akh``, ``random_real`` and the attacks label real images by the owner; an image
+    that the owner, a negative or a copy was trained on is one every model of that lineage tends
+    to label alike for a reason that has nothing to do with the owner's boundary.
+    """
+    if pool not in POOLS:
+        raise ConfigError(f"{where}: unknown pool '{pool}' (known: {', '.join(POOLS)})")
+    used = training_splits(params)
+    for split in POOLS[pool]:
+        if split in used:
+            raise ConfigError(
+                f"{where}: pool '{pool}' holds the '{split}' split, which {used[split][0]} trains on; a real-image "
+                "pool must hold no image the owner, a negative or a copy was trained on (use pool: test)"
+            )
+
+
+def check_pools(params: Params) -> None:
+    """:func:`check_pool` for the pool of every fingerprint entry (``test`` where none is named)."""
+    for key, entry in params.fingerprint.items():
+        check_pool(params, str(entry.get("pool", "test")), f"fingerprint.{key}.pool")
+
+
+def suspect_parts(params: Params, suspects: list[tuple[str, str, str]]) -> dict[str, str]:
+    """``evaluate.split`` applied to ``(name, kind, family)`` of the suspects: name -> ``dev``/``test``
+    (the owner and anything that is not a positive or a negative get ``none``)."""
+    from ipguard.evaluate import split_suspects
+
+    cfg = params.evaluate.split
+    if not 0.0 < cfg.dev_fraction < 1.0:
+        raise ConfigError(f"evaluate.split.dev_fraction: must lie in (0, 1), got {cfg.dev_fraction}")
+    scored = [s for s in suspects if s[1] in {"positive", "negative"}]
+    parts = split_suspects(scored, cfg.dev_fraction, cfg.seed)
+    return {name: parts.get(name, "none") for name, _, _ in suspects}
 
 
 def load_zoo_model(name: str, device: str = "cpu") -> tuple[PixelModel, dict]:

@@ -3,7 +3,9 @@
 Reads ``evaluate`` and ``experiment``; writes ``reports/<experiment>/``: ``metrics.json`` (DVC
 metrics), ``verdicts.csv`` (p-value and verdict of every suspect), ``report.md``, ``plots/``
 (DVC plots) and ``figures/`` (PNG); and ``fingerprints/calibrated/<method>.safetensors``, each
-fingerprint set with its calibration, ready for ``ipguard verify``.
+fingerprint set with its calibration, ready for ``ipguard verify``. Metrics, intervals, verdict
+shares, plots and figures are computed on the test part of the suspects (the ``part`` column
+of the match stage); the report names both parts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 from ipguard.config import Params
 from ipguard.errors import IpguardError
 from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
-from ipguard.report import calibrate_table, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
+from ipguard.report import calibrate_table, in_part, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
 from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
 from ipguard.tracking import stage_run
 
@@ -33,12 +35,19 @@ def evaluate(params: Params, key: str | None = None) -> None:
     if not source.is_file():
         raise IpguardError(f"{source}: not found (run the match stage first)")
     table = pd.read_csv(source)
-    max_fpr, level = params.evaluate.max_fpr, params.evaluate.level
-    metrics = method_metrics(table, max_fpr)
+    if "part" not in table.columns:
+        raise IpguardError(f"{source}: no 'part' column (written before the dev/test split; rerun the match stage)")
+    cfg = params.evaluate
+    max_fpr, level = cfg.max_fpr, cfg.level
+    # Every reported number is computed on the test part; the dev part is where settings are chosen.
+    test = in_part(table, "test")
+    metrics = method_metrics(table, max_fpr, part="test", bootstrap=cfg.bootstrap)
+    # The calibration shipped with each set uses every negative (what a user would calibrate
+    # with); negatives are assessed leave-one-out, and the shares below count the test part.
     verdicts, calibrations = calibrate_table(table, level)
     shutil.rmtree(calibrated_path("x").parent, ignore_errors=True)
     for method, cal in calibrations.items():
-        v = verdicts[verdicts["method"] == method]
+        v = in_part(verdicts[verdicts["method"] == method], "test")
         metrics[method]["calibration"] = cal.to_dict()
         metrics[method].update(verdict_shares(v))
         inputs, labels, meta = load_fingerprint_file(fingerprint_path(method))
@@ -48,21 +57,26 @@ def evaluate(params: Params, key: str | None = None) -> None:
         cost_file = fingerprint_path(method).with_suffix(".json")
         if cost_file.is_file():
             costs[method] = json.loads(cost_file.read_text())
-    write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "methods": metrics})
+    info = table.drop_duplicates("suspect")
+    split = {"dev_fraction": cfg.split.dev_fraction, "seed": cfg.split.seed,
+             **{f"{part}_{kind}s": int(((info["part"] == part) & (info["kind"] == kind)).sum())
+                for part in ("dev", "test") for kind in ("positive", "negative")}}
+    write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "split": split, "methods": metrics})
     # Seconds vary between runs, so the cost is kept apart from the (deterministic) metrics.
     write_json(out / "generation_cost.json", {m: c.get("stats", {}) for m, c in costs.items()})
     write_text(out / "verdicts.csv", _csv(verdicts))
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
-                                                  max_fpr, verdicts, calibrations, level))
+                                                  max_fpr, verdicts, calibrations, level, cfg.split, cfg.bootstrap))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
-    for sub, tables in plot_tables(table).items():
+    for sub, tables in plot_tables(test).items():
         shutil.rmtree(out / "plots" / sub, ignore_errors=True)
         for method, df in tables.items():
             write_text(out / "plots" / sub / f"{method}.csv", _csv(df))
     shutil.rmtree(out / "figures", ignore_errors=True)
-    figures = plot_figures(table, metrics, out / "figures")
+    figures = plot_figures(test, metrics, out / "figures")
     with stage_run(params.tracking, params.experiment.name, "evaluate", {"stage": "evaluate"}) as run:
-        run.log_params({"max_fpr": max_fpr, "level": level, "methods": ",".join(metrics)})
+        run.log_params({"max_fpr": max_fpr, "level": level, "methods": ",".join(metrics),
+                        "split": {"dev_fraction": cfg.split.dev_fraction, "seed": cfg.split.seed}})
         for method, m in metrics.items():
             if "overall" in m:
                 run.log_metrics({f"{method}.{k}": v for k, v in m["overall"].items()})

@@ -1,6 +1,7 @@
 """Stage ``fingerprint``: one fingerprint set of the owner, by the method ``fingerprint.<key>``.
 
-Reads ``fingerprint.<key>`` and ``dataset``.
+Reads ``fingerprint.<key>`` and ``dataset``. A real-image ``pool`` that holds images any model of
+the experiment trains on (the owner's split, a zoo model's or a copy's ``data``) is refused.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from ipguard.config import Params, to_dict
 from ipguard.errors import ConfigError
 from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
 from ipguard.io import save_fingerprint_file, write_json
-from ipguard.stages.common import fingerprint_path, load_pool, load_zoo_model, run_stage
+from ipguard.stages.common import check_pool, fingerprint_path, load_pool, load_zoo_model, run_stage
 from ipguard.tracking import stage_run
 
 
@@ -20,6 +21,7 @@ def fingerprint(params: Params, key: str | None) -> None:
     entry = dict(params.fingerprint[key])
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_method(entry["method"], kwargs, f"fingerprint.{key}")
+    check_pool(params, str(entry.get("pool", "test")), f"fingerprint.{key}.pool")
     owner, owner_meta = load_zoo_model(Params.OWNER, params.runtime.device)
     pool = load_pool(entry.get("pool", "test"))
     ds = params.dataset

@@ -1,8 +1,10 @@
 """Stage ``match``: the matching rate of every suspect on every fingerprint set.
 
 Suspects are the owner, the independent models of the zoo (negatives) and the post-processed
-copies (positives). Reads ``zoo``, ``postprocess``, ``fingerprint`` (which entries exist) and
-``evaluate.batch_size``; writes ``reports/<experiment>/matching_rates.csv``.
+copies (positives); each positive and negative is assigned to the ``dev`` or the ``test`` part
+(``evaluate.split``; the ``part`` column). Reads ``zoo``, ``postprocess``, ``fingerprint`` (which
+entries exist, and their pools: refused when a model trains on them), ``evaluate.batch_size`` and
+``evaluate.split``; writes ``reports/<experiment>/matching_rates.csv``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from ipguard.config import Params
 from ipguard.io import load_fingerprint_file, write_text
 from ipguard.models import load_model
-from ipguard.stages.common import fingerprint_path, reports_dir, run_stage, suspect_paths
+from ipguard.stages.common import check_pools, fingerprint_path, reports_dir, run_stage, suspect_parts, suspect_paths
 from ipguard.tracking import stage_run
 from ipguard.verify import match
 
@@ -25,16 +27,20 @@ KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
 
 
 def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per (fingerprint set, suspect): matches, matching rate and the suspect's sidecar facts."""
+    """One row per (fingerprint set, suspect): matches, matching rate, the suspect's part
+    (``dev``/``test`` by ``evaluate.split``; ``none`` for the owner) and its sidecar facts."""
     rows = []
+    metas = {}
     for name, path in suspect_paths(params):
         model, meta = load_model(str(path), params.runtime.device)
+        metas[name] = meta
         for method, (inputs, labels, fmeta) in sets.items():
             result = match(model, inputs, labels, params.evaluate.batch_size)
             rows.append({
                 "method": method,
                 "suspect": name,
                 "kind": KIND[meta["role"]],
+                "part": "",
                 "family": meta["family"],
                 "arch": meta["arch"],
                 "storage": meta["storage"],
@@ -45,10 +51,15 @@ def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Ten
                 "matching_rate": result.matching_rate,
                 "fingerprint_sha256": fmeta.get("sha256"),
             })
+    parts = suspect_parts(params, [(name, KIND[m["role"]], str(m["family"])) for name, m in metas.items()])
+    for row in rows:
+        row["part"] = parts[row["suspect"]]
     return pd.DataFrame(rows)
 
 
 def match_all(params: Params, key: str | None = None) -> None:
+    # The pools are checked here too: this stage reruns whenever zoo or postprocess change.
+    check_pools(params)
     sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
     table = match_table(params, sets)
     out = reports_dir(params) / "matching_rates.csv"
