@@ -147,3 +147,27 @@ def test_p_value_is_the_smallest_level_whose_rule_calls_it_pirated() -> None:
             p = p_value(x, n, cal)
             if abs(p - alpha) > 1e-9 * alpha:  # exactly at the boundary either answer is right
                 assert (p <= alpha) == rule, (alpha, x, p, bound[x])
+
+
+def test_report_judges_each_negative_without_it_and_the_rest_with_all() -> None:
+    """The leave-one-out wiring of calibrate_table: a negative's p-value comes from the others only."""
+    import pandas as pd
+
+    from ipguard.report import calibrate_table
+
+    negatives = [8, 12, 5, 10, 9, 7, 11, 6, 13, 9]
+    rows = [{"method": "m", "suspect": f"neg{i}", "kind": "negative", "family": "f", "matches": m, "n": 100}
+            for i, m in enumerate(negatives)]
+    rows += [{"method": "m", "suspect": "copy", "kind": "positive", "family": "ft", "matches": 95, "n": 100},
+             {"method": "m", "suspect": "owner", "kind": "owner", "family": "owner", "matches": 100, "n": 100}]
+    verdicts, cals = calibrate_table(pd.DataFrame(rows), 0.01)
+    assert cals["m"].matches == tuple(negatives)
+    assert list(cals["m"].models) == [f"neg{i}" for i in range(len(negatives))]
+    by = verdicts.set_index("suspect")
+    for i, m in enumerate(negatives):
+        rest = negatives[:i] + negatives[i + 1:]
+        assert by.at[f"neg{i}", "p_value"] == p_value(m, 100, fit_calibration(rest, 100))
+    assert by.at["copy", "p_value"] == p_value(95, 100, cals["m"])
+    assert by.at["copy", "verdict"] == "pirated" and by.at["owner", "verdict"] == "pirated"
+    assert set(verdicts["verdict"]) <= {"pirated", "independent", "inconclusive"}
+    assert (verdicts["reason"].str.len() > 0).all()

@@ -259,7 +259,7 @@ def fit_calibration(
     ll = negatives_loglik(x, n)
     a, b, _ = _grid()
     best = int(np.argmax(ll))
-    curve, holds = p_curve(ll, n, nuisance)
+    curve, holds = _curve(tuple(x), int(n), float(nuisance), int(n))
     rates = np.asarray(x, dtype=np.float64) / n
     return Calibration(
         matches=tuple(x), n=int(n), level=float(level), nuisance=float(nuisance), alpha=float(a[best]),
@@ -269,17 +269,20 @@ def fit_calibration(
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _p_curve(matches: tuple[int, ...], n_neg: int, nuisance: float, n: int) -> np.ndarray:
-    """p(x) for x = 0..n, for a suspect matched on n points, under the negatives' region."""
-    return p_curve(negatives_loglik(matches, n_neg), n, nuisance)[0]
+@functools.lru_cache(maxsize=256)
+def _curve(matches: tuple[int, ...], n_neg: int, nuisance: float, n: int) -> tuple[np.ndarray, bool]:
+    """p(x) for x = 0..n for a suspect matched on n points, and whether the fit holds (cached:
+    a calibration is asked about many suspects)."""
+    curve, holds = p_curve(negatives_loglik(matches, n_neg), n, nuisance)
+    curve.setflags(write=False)
+    return curve, holds
 
 
 def p_value(matches: int, n: int, calibration: Calibration) -> float:
     """The Berger-Boos p-value of ``matches`` out of ``n``: small means "unlikely to be independent"."""
     if not 0 <= matches <= n:
         raise ValueError(f"matches must lie in [0, {n}], got {matches}")
-    return float(_p_curve(calibration.matches, calibration.n, calibration.nuisance, int(n))[matches])
+    return float(_curve(calibration.matches, calibration.n, calibration.nuisance, int(n))[0][matches])
 
 
 @dataclass(frozen=True)
