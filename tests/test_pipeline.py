@@ -176,3 +176,18 @@ def test_pools_that_models_trained_on_are_refused(composed: dict, tmp_path: Path
                           env=_env(tmp_path, IPGUARD_TRACKING="0") | {"PYTHONPATH": str(ROOT / "src")},
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2 and "fingerprint.akh.pool" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("split", "dev_fraction", 1.0), ("bootstrap", "confidence", 1.5),
+                                                       ("bootstrap", "resamples", 0)])
+def test_bad_split_or_bootstrap_settings_name_the_key(composed: dict, section: str, key: str, value: float) -> None:
+    import copy
+
+    from ipguard.config import params_from_dict
+    from ipguard.errors import ConfigError
+    from ipguard.stages.common import check_evaluate
+
+    cfg = copy.deepcopy(composed)
+    cfg["evaluate"][section][key] = value
+    with pytest.raises(ConfigError, match=rf"evaluate\.{section}\.{key}"):
+        check_evaluate(params_from_dict(cfg))

@@ -209,7 +209,8 @@ def markdown_report(
     _, test_neg = split_kinds(test[test["method"] == test["method"].iloc[0]]) if len(test) else (None, test)
     n_neg = len(test_neg)
     fpr_label = tpr_label(max_fpr, n_neg) if n_neg else f"TPR@{max_fpr:.0%}FPR"
-    ci = f"; [..] = {bootstrap.confidence:.0%} percentile bootstrap interval ({bootstrap.resamples} resamples of the positives and, apart, of the negatives)" if bootstrap else ""
+    ci = (f"; [..] = {bootstrap.confidence:.0%} percentile bootstrap interval ({bootstrap.resamples} resamples "
+          "of the positives and, apart, of the negatives)") if bootstrap else ""
     parts = [f"# IPGuard evaluation: `{experiment}`\n", description.strip() + "\n" if description else ""]
     parts.append(
         "Matching rate (MR) = share of fingerprint points on which a suspect gives the owner's label. "
@@ -220,8 +221,9 @@ def markdown_report(
         + ("with fewer than 1/max_fpr negatives it is the TPR at FPR 0 (threshold above every negative)" if n_neg and n_neg * max_fpr < 1
            else "the bound is floor(max_fpr × N)/N") + f"{ci}.\n"
     )
-    chosen = ("the effects stage sweeps the margin k and the number of points n of each IPGuard variant (start and "
-              "target) and chooses them on the dev part; its choice and the test metrics at it are in `effects.md`. "
+    chosen = ("the effects stage sweeps the margin k (and the number of points n) of each IPGuard variant and "
+              "chooses k per variant, and so the start and target, on the dev part; its choice and the test metrics "
+              "at it are in `effects.md`. "
               "The sets evaluated below use the settings of `conf/` (not chosen on these suspects):\n\n" + md_table(settings_table(costs))
               if costs else "nothing (the settings are those of `conf/`).")
     parts.append(split_section(table, split, chosen))

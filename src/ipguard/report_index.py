@@ -24,8 +24,8 @@ def build(reports: Path) -> str:
              "Every table below is read from `reports/<experiment>/metrics.json` and `effects.json`; "
              "every number is measured on the experiment's test part of the suspects (settings are "
              "chosen on its dev part). The full tables (the parts, per family, per suspect, p-values, "
-             "accuracies, generation cost) are in each experiment's `report.md`, the choice of k and n "
-             "in its `effects.md`. "
+             "accuracies, generation cost) are in each experiment's `report.md`, the choice of k and the "
+             "effect of n in its `effects.md`. "
              "Regenerate this page with `python -m ipguard.report_index`.\n"]
     metrics = {exp: json.loads((reports / exp / "metrics.json").read_text()) for exp in experiments}
     rows = []
@@ -56,7 +56,7 @@ def build(reports: Path) -> str:
         for family, f in families.items():
             rows.append({"experiment": exp, "family": family, "min MR": f["min_positive_mr"], "ARUC": f["aruc"], "AUC": f["auc"]})
     parts.append(md_table(rows))
-    parts.append("\n## k and n chosen on dev, measured on test (each experiment's effects stage)\n")
+    parts.append("\n## k chosen on dev, measured on test (each experiment's effects stage)\n")
     rows = []
     for exp in experiments:
         effects = reports / exp / "effects.json"

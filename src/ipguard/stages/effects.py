@@ -1,12 +1,13 @@
-"""Stage ``effects``: the margin k and the number of points n of each IPGuard variant, chosen on dev.
+"""Stage ``effects``: the margin k of each IPGuard variant chosen on dev, and what n costs.
 
 For each entry of ``effects.methods`` (default: every fingerprint entry of method ``ipguard``,
 i.e. every start and target in the experiment) and each k of ``effects.k``, a fresh fingerprint
 set is generated (the trained models are reused; at the entry's own k the pipeline's set is
 reused, which is the same set), and its first n points for each n of ``effects.n`` (and the
 set's own n) are scored on the dev and on the test part of the suspects (``evaluate.split``).
-The choice per method is made on dev only (:func:`choose`); the test part gives the numbers
-reported at the chosen setting, with bootstrap intervals. The first n points of every set of the
+The choice per method is made on dev only (:func:`choose`: k, at the set's own n; across the
+methods, the start and target); the test part gives the numbers reported at the chosen
+setting, with bootstrap intervals. The first n points of every set of the
 pipeline are scored too (test part; nothing regenerated).
 
 Reads ``effects``, ``fingerprint``, ``dataset``, ``evaluate``, ``zoo``, ``postprocess``; writes
@@ -32,6 +33,7 @@ from ipguard.io import load_fingerprint_file, write_json, write_text
 from ipguard.models import load_model, predict
 from ipguard.report import md_table, save_figure
 from ipguard.stages.common import (
+    check_evaluate,
     check_pool,
     fingerprint_path,
     load_pool,
@@ -43,8 +45,10 @@ from ipguard.stages.common import (
 from ipguard.stages.match import KIND
 from ipguard.tracking import stage_run
 
-RULE = ("per method, the (k, n) with the highest dev ARUC; ties go to the larger n (a steadier matching "
-        "rate), then to the larger k (more room for post-processing that dev does not hold)")
+RULE = ("per method, the k with the highest dev ARUC on the whole set (its own n); ties go to the larger k "
+        "(more room for post-processing that dev does not hold). n stays the set's own: a prefix only adds "
+        "noise to every matching rate, so a smaller n can beat the whole set on a few dev suspects by chance "
+        "only, and the maximum over n would pick that chance; the n table shows what fewer points cost")
 
 
 def rates_by_part(agree: Mapping[str, torch.Tensor], kinds: Mapping[str, str], parts: Mapping[str, str],
@@ -68,14 +72,18 @@ def part_metrics(pos: Sequence[float], neg: Sequence[float], max_fpr: float) -> 
 
 
 def choose(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The row (one method's settings) with the best dev ARUC; ties: larger n, then larger k (:data:`RULE`).
+    """One method's row with the best dev ARUC among those at the set's full n; ties: larger k (:data:`RULE`).
 
     Rows without dev metrics (a dev part with no positive or no negative) cannot be chosen.
     """
-    scored = [r for r in rows if r.get("dev") is not None]
+    full = {}
+    for r in rows:
+        if r["k"] not in full or r["n"] > full[r["k"]]["n"]:
+            full[r["k"]] = r
+    scored = [r for r in full.values() if r.get("dev") is not None]
     if not scored:
         return None
-    return max(scored, key=lambda r: (round(r["dev"]["aruc"], 12), r["n"], r["k"]))
+    return max(scored, key=lambda r: (round(r["dev"]["aruc"], 12), r["k"]))
 
 
 def _entry(params: Params, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -100,6 +108,7 @@ def effect_methods(params: Params) -> list[str]:
 
 def effects(params: Params, key: str | None = None) -> None:
     cfg = params.effects
+    check_evaluate(params)
     methods = effect_methods(params)
     entries = {m: _entry(params, m) for m in methods}
     models, kinds, families = {}, {}, {}
@@ -116,10 +125,11 @@ def effects(params: Params, key: str | None = None) -> None:
     rates: dict[tuple[str, float, int], tuple[list[float], list[float]]] = {}
     for method, (entry, kwargs) in entries.items():
         pool = load_pool(entry.get("pool", "test"))
+        own = load_fingerprint_file(fingerprint_path(method)) if fingerprint_path(method).is_file() else None
         for k in cfg.k:
-            if float(k) == float(kwargs["k"]) and fingerprint_path(method).is_file():
+            if float(k) == float(kwargs["k"]) and own is not None and own[2].get("config") == entry:
                 # The pipeline's own set: same method, settings and seed, hence the same points.
-                inputs, labels, _ = load_fingerprint_file(fingerprint_path(method))
+                inputs, labels, _ = own
                 stats = json.loads(fingerprint_path(method).with_suffix(".json").read_text()).get("stats", {})
                 reused = True
             else:
@@ -230,9 +240,9 @@ def effects_markdown(experiment: str, methods: Sequence[str], grid: Sequence[Map
     n_dev, n_test = len(members["dev"]["negative"]), len(members["test"]["negative"])
     tpr_dev = tpr_label(max_fpr, n_dev) if n_dev else "TPR"
     tpr_test = tpr_label(max_fpr, n_test) if n_test else "TPR"
-    text = [f"# k and n chosen on dev: `{experiment}`\n",
-            "The suspects are split into a **dev** part, on which k and n are chosen for each method (and so its "
-            "start and target), and a **test** part, on which the chosen settings are measured "
+    text = [f"# k chosen on dev: `{experiment}`\n",
+            "The suspects are split into a **dev** part, on which k is chosen for each method (and, across the "
+            "methods, the start and target), and a **test** part, on which the chosen settings are measured "
             "(`evaluate.split`; the same parts as `report.md`).\n"]
     text.append(md_table([{"part": part, "positives": ", ".join(m["positive"]) or "–", "negatives": ", ".join(m["negative"]) or "–"}
                           for part, m in members.items()]))

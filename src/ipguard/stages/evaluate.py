@@ -20,7 +20,7 @@ from ipguard.config import Params
 from ipguard.errors import IpguardError
 from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
 from ipguard.report import calibrate_table, in_part, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
-from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
+from ipguard.stages.common import calibrated_path, check_evaluate, fingerprint_path, reports_dir, run_stage
 from ipguard.tracking import stage_run
 
 def _csv(df: pd.DataFrame) -> str:
@@ -37,6 +37,7 @@ def evaluate(params: Params, key: str | None = None) -> None:
     table = pd.read_csv(source)
     if "part" not in table.columns:
         raise IpguardError(f"{source}: no 'part' column (written before the dev/test split; rerun the match stage)")
+    check_evaluate(params)
     cfg = params.evaluate
     max_fpr, level = cfg.max_fpr, cfg.level
     # Every reported number is computed on the test part; the dev part is where settings are chosen.
