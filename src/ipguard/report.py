@@ -11,7 +11,7 @@ import pandas as pd
 
 from ipguard.config import BootstrapCfg, SplitCfg
 from ipguard.evaluate import bootstrap_intervals, robustness, roc_curve, summarize, tpr_label, uniqueness
-from ipguard.stats import Calibration, fit_calibration, leave_one_out_p_values, p_value, verdict
+from ipguard.stats import Assessment, Calibration, assess, fit_calibration, leave_one_out
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
 
@@ -64,9 +64,9 @@ def method_metrics(table: pd.DataFrame, max_fpr: float, part: str | None = "test
 
 
 def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, dict[str, Calibration]]:
-    """p-values and verdicts for every row, and each method's calibration on all its negatives.
+    """p-values and verdicts (with the reason) for every row, and each method's calibration on all its negatives.
 
-    A negative's own p-value comes from a calibration fitted on the other negatives
+    A negative's own verdict comes from a calibration fitted on the other negatives
     (leave-one-out), so the share of negatives called pirated is an honest false-positive rate.
     """
     rows, calibrations = [], {}
@@ -75,21 +75,25 @@ def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, di
         if neg.empty:
             continue
         n = int(df["n"].iloc[0])
-        cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level)
+        cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level, models=neg["suspect"].astype(str).tolist())
         calibrations[str(method)] = cal
-        loo = dict(zip(neg.index, leave_one_out_p_values(neg["matches"].astype(int).tolist(), n, level)))
+        loo = dict(zip(neg.index, leave_one_out(neg["matches"].astype(int).tolist(), n, level)))
         for idx, row in df.iterrows():
-            p = loo[idx] if idx in loo else p_value(int(row["matches"]), int(row["n"]), cal)
-            rows.append({**row.to_dict(), "p_value": p, "verdict": verdict(p, level)})
+            a = loo[idx] if idx in loo else assess(int(row["matches"]), int(row["n"]), cal)
+            if a is None:
+                a = Assessment(float("nan"), "inconclusive", "no other negative to calibrate on")
+            rows.append({**row.to_dict(), "p_value": a.p_value, "verdict": a.verdict, "reason": a.reason})
     return pd.DataFrame(rows), calibrations
 
 
 def verdict_shares(verdicts: pd.DataFrame) -> dict[str, float]:
-    """Share of positives called pirated, and of negatives (tested leave-one-out), in one method's verdicts."""
+    """Shares of positives and of negatives (tested leave-one-out) called pirated, and called inconclusive."""
     out = {}
-    for kind, key in (("positive", "positives_called_pirated"), ("negative", "negatives_called_pirated_loo")):
+    for kind, key in (("positive", "positives"), ("negative", "negatives")):
         rows = verdicts[verdicts["kind"] == kind]
-        out[key] = float((rows["verdict"] == "pirated").mean()) if len(rows) else float("nan")
+        suffix = "_loo" if kind == "negative" else ""
+        for v in ("pirated", "inconclusive"):
+            out[f"{key}_called_{v}{suffix}"] = float((rows["verdict"] == v).mean()) if len(rows) else float("nan")
     return out
 
 
