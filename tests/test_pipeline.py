@@ -185,7 +185,7 @@ def test_bad_split_or_bootstrap_settings_name_the_key(composed: dict, section: s
 
     from ipguard.config import params_from_dict
     from ipguard.errors import ConfigError
-    from ipguard.stages.common import check_evaluate
+    from ipguard.stages.suspects import check_evaluate
 
     cfg = copy.deepcopy(composed)
     cfg["evaluate"][section][key] = value

@@ -124,31 +124,6 @@ def check_pools(params: Params) -> None:
         check_pool(params, str(entry.get("pool", "test")), f"fingerprint.{key}.pool")
 
 
-def check_evaluate(params: Params) -> None:
-    """``evaluate.split`` and ``evaluate.bootstrap`` hold usable values (else a ConfigError naming the key)."""
-    ev = params.evaluate
-    if not 0.0 < ev.split.dev_fraction < 1.0:
-        raise ConfigError(f"evaluate.split.dev_fraction: must lie in (0, 1), got {ev.split.dev_fraction}")
-    if ev.bootstrap.resamples < 1:
-        raise ConfigError(f"evaluate.bootstrap.resamples: need at least 1, got {ev.bootstrap.resamples}")
-    if not 0.0 < ev.bootstrap.confidence < 1.0:
-        raise ConfigError(f"evaluate.bootstrap.confidence: must lie in (0, 1), got {ev.bootstrap.confidence}")
-    if not 0.0 <= ev.max_fpr <= 1.0:
-        raise ConfigError(f"evaluate.max_fpr: must lie in [0, 1], got {ev.max_fpr}")
-
-
-def suspect_parts(params: Params, suspects: list[tuple[str, str, str]]) -> dict[str, str]:
-    """``evaluate.split`` applied to ``(name, kind, family)`` of the suspects: name -> ``dev``/``test``
-    (the owner and anything that is not a positive or a negative get ``none``)."""
-    from ipguard.evaluate import split_suspects
-
-    check_evaluate(params)
-    cfg = params.evaluate.split
-    scored = [s for s in suspects if s[1] in {"positive", "negative"}]
-    parts = split_suspects(scored, cfg.dev_fraction, cfg.seed)
-    return {name: parts.get(name, "none") for name, _, _ in suspects}
-
-
 def load_zoo_model(name: str, device: str = "cpu") -> tuple[PixelModel, dict]:
     return load_model(str(zoo_path(name)), device)
 

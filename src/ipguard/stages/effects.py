@@ -33,16 +33,15 @@ from ipguard.io import load_fingerprint_file, write_json, write_text
 from ipguard.models import load_model, predict
 from ipguard.report import md_table, save_figure
 from ipguard.stages.common import (
-    check_evaluate,
     check_pool,
     fingerprint_path,
     load_pool,
     reports_dir,
     run_stage,
-    suspect_parts,
     suspect_paths,
 )
 from ipguard.stages.match import KIND
+from ipguard.stages.suspects import check_evaluate, suspect_parts
 from ipguard.tracking import stage_run
 
 RULE = ("per method, the k with the highest dev ARUC on the whole set (its own n); ties go to the larger k "

@@ -20,7 +20,8 @@ from ipguard.config import Params
 from ipguard.errors import IpguardError
 from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
 from ipguard.report import calibrate_table, in_part, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
-from ipguard.stages.common import calibrated_path, check_evaluate, fingerprint_path, reports_dir, run_stage
+from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
+from ipguard.stages.suspects import check_evaluate
 from ipguard.tracking import stage_run
 
 def _csv(df: pd.DataFrame) -> str:

@@ -19,7 +19,8 @@ import torch
 from ipguard.config import Params
 from ipguard.io import load_fingerprint_file, write_text
 from ipguard.models import load_model
-from ipguard.stages.common import check_pools, fingerprint_path, reports_dir, run_stage, suspect_parts, suspect_paths
+from ipguard.stages.common import check_pools, fingerprint_path, reports_dir, run_stage, suspect_paths
+from ipguard.stages.suspects import suspect_parts
 from ipguard.tracking import stage_run
 from ipguard.verify import match
 
