@@ -52,11 +52,11 @@ def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeyp
     cfg["model"]["path"] = str(weights)
     cfg["zoo"]["models"] = {
         "resnet32_file": {**cfg["zoo"]["models"]["resnet32_shared"], "path": str(weights), "arch": "cifar_resnet20"},
-        "cnn_s1_owner": cfg["zoo"]["models"]["cnn_s1_owner"],
+        "cnn_s1_other": {"arch": "cnn", "kwargs": {"channels": [8, 16], "hidden": 32}, "data": "other", "seed": 1},
     }
     cfg["training"].update(epochs=1, max_samples=20)
     cfg["postprocess"] = {k: {**cfg["postprocess"][k], **({"epochs": 1} if "epochs" in cfg["postprocess"][k] else {})}
-                          for k in ("ftll", "prune_50", "float16")}
+                          for k in ("ftll_5ep", "prune_50", "float16")}
     cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 8, "max_iter": 20},
                           "random_real": {**cfg["fingerprint"]["random_real"], "n": 5}}
     params = run_tiny(cfg, tmp_path, monkeypatch, effects_n=4)
