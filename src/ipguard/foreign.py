@@ -21,7 +21,6 @@ user's own code (``path/to/file.py:function``, see :func:`ipguard.models.user_ar
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import struct
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from ipguard.errors import ConfigError, ModelFileError
-from ipguard.io import read_safetensors, sha256_file, sidecar_path
+from ipguard.io import read_json, read_safetensors, sha256_file, sidecar_path
 from ipguard.models import PixelModel, build_model, load_model
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -239,10 +238,7 @@ def read_manifest(path: str | Path) -> list[ManifestModel]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: manifest not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable JSON manifest ({exc})") from exc
+    data = read_json(path, ConfigError, "manifest")
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list) or not models:
         raise ConfigError(f"{path}: a manifest needs a non-empty list 'models'")

@@ -89,15 +89,20 @@ def save_model_file(
     return sidecar
 
 
+def read_json(path: str | os.PathLike[str], error: type[IpguardError], what: str) -> Any:
+    """A JSON file's content; any failure to read or parse it is ``error`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not a readable JSON {what} ({exc})") from exc
+
+
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check the sidecar of a project model file."""
     side = sidecar_path(path)
     if not side.is_file():
         raise ModelFileError(f"{side}: model sidecar not found (expected beside {path})")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{side}: not a readable JSON sidecar ({exc})") from exc
+    meta = read_json(side, ModelFileError, "sidecar")
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{side}: not an ipguard model sidecar (format != {MODEL_FORMAT})")
     for key in ("arch", "num_classes", "input_shape", "normalization", "sha256"):

@@ -90,48 +90,27 @@ def _finetune_cfg(
 # Every fine-tuning entry takes the same training keys. Defaults: what the digits suite has always
 # used (Adam, constant rate, the whole data each epoch, no augmentation). A realistic thief adds
 # augmentation, SGD with momentum and weight decay, a cosine schedule (see conf/experiment/cifar10_cpu).
-@register_postprocess("ftll")
-def ftll(
-    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
-    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
-) -> PixelModel:
-    """Fine-tune the last layer only (Adi et al. 2018, FTLL)."""
-    cfg = _finetune_cfg("ftll", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
-    return _finetune(model, data, seed, last_layer_only=True, reinit_last=False, cfg=cfg, desc="ftll")
+def _register_finetune(name: str, last_layer_only: bool, reinit_last: bool, doc: str) -> PostFn:
+    """Register one of Adi et al.'s four fine-tunings; they differ only in what is reset and trained."""
+
+    def fn(
+        model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
+        optimizer: str = "adam", momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
+        max_samples: int = 0, augment: bool = False,
+    ) -> PixelModel:
+        cfg = _finetune_cfg(name, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                            weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
+        return _finetune(model, data, seed, last_layer_only=last_layer_only, reinit_last=reinit_last, cfg=cfg, desc=name)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return register_postprocess(name)(fn)
 
 
-@register_postprocess("ftal")
-def ftal(
-    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
-    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
-) -> PixelModel:
-    """Fine-tune all layers (Adi et al. 2018, FTAL)."""
-    cfg = _finetune_cfg("ftal", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
-    return _finetune(model, data, seed, last_layer_only=False, reinit_last=False, cfg=cfg, desc="ftal")
-
-
-@register_postprocess("rtll")
-def rtll(
-    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
-    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
-) -> PixelModel:
-    """Re-initialise the last layer and train only it (Adi et al. 2018, RTLL)."""
-    cfg = _finetune_cfg("rtll", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
-    return _finetune(model, data, seed, last_layer_only=True, reinit_last=True, cfg=cfg, desc="rtll")
-
-
-@register_postprocess("rtal")
-def rtal(
-    model: PixelModel, data: Split, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
-    momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", max_samples: int = 0, augment: bool = False,
-) -> PixelModel:
-    """Re-initialise the last layer, then train all layers (Adi et al. 2018, RTAL)."""
-    cfg = _finetune_cfg("rtal", epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, max_samples=max_samples, augment=augment)
-    return _finetune(model, data, seed, last_layer_only=False, reinit_last=True, cfg=cfg, desc="rtal")
+ftll = _register_finetune("ftll", True, False, "Fine-tune the last layer only (Adi et al. 2018, FTLL).")
+ftal = _register_finetune("ftal", False, False, "Fine-tune all layers (Adi et al. 2018, FTAL).")
+rtll = _register_finetune("rtll", True, True, "Re-initialise the last layer and train only it (Adi et al. 2018, RTLL).")
+rtal = _register_finetune("rtal", False, True, "Re-initialise the last layer, then train all layers (Adi et al. 2018, RTAL).")
 
 
 def prunable(net: nn.Module) -> list[torch.Tensor]:

@@ -320,22 +320,18 @@ def assess(matches: int, n: int, calibration: Calibration, level: float | None =
                           f"calibration can give is {floor:.3g}, above the level {level:g}; calibrate with more "
                           "independent models (or more points)")
     top = max(calibration.matches) / calibration.n
-    if p <= level:
-        if matches / n <= top:
-            return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
-                              f"matches as much ({top:.3f} >= {matches / n:.3f}); the null does not fit its negatives")
+    curve = _curve(calibration.matches, calibration.n, calibration.nuisance, int(n))[0]
+    if pirated_counts(curve, n, calibration.negatives, calibration.converged, top, level)[matches]:
         return Assessment(p, "pirated", f"p = {p:.3g} <= {level:g}: independent models rarely match "
                           f"{matches}/{n} points")
+    if p <= level:  # below the level, but not above every negative (pirated_counts' second condition)
+        return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
+                          f"matches as much ({top:.3f} >= {matches / n:.3f}); the null does not fit its negatives")
     if matches / n > top:
         return Assessment(p, "inconclusive", f"matches more than every known independent model ({matches / n:.3f} > "
                           f"{top:.3f}), but p = {p:.3g} > {level:g}: more negatives (or points) are needed to decide")
     return Assessment(p, "independent", f"p = {p:.3g} > {level:g}, and a known independent model matches as much "
                       f"({top:.3f} >= {matches / n:.3f})")
-
-
-def verdict(p: float, level: float) -> str:
-    """``pirated`` when the p-value is at most the level, else ``independent`` (no checks: see :func:`assess`)."""
-    return "pirated" if p <= level else "independent"
 
 
 def leave_one_out(matches: Sequence[int], n: int, level: float = 0.01,
