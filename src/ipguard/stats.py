@@ -82,9 +82,36 @@ def log_pmf(x: np.ndarray, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def tail_table(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """P(X >= x) for x = 0..n (columns), one row per (a, b): summed from the far end for precision."""
-    pmf = np.exp(log_pmf(np.arange(n + 1), n, a, b))
-    tail = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]
+    return _tails_from_log_pmf(log_pmf(np.arange(n + 1), n, a, b))
+
+
+def _tails_from_log_pmf(table: np.ndarray) -> np.ndarray:
+    tail = np.cumsum(np.exp(table)[:, ::-1], axis=1)[:, ::-1]
     return np.clip(tail, 0.0, 1.0)
+
+
+# Fingerprint sets up to this size get the whole grid's log pmf computed once per n (about 19 MB
+# at n = 100): a calibration table refits the null for every method and every left-out negative,
+# and the special functions, not the fits, were its cost.
+_TABLE_MAX_N = 256
+
+
+@functools.lru_cache(maxsize=2)
+def _log_pmf_table(n: int) -> np.ndarray:
+    """:func:`log_pmf` of every grid point for x = 0..n (read-only)."""
+    a, b, _ = _grid()
+    table = log_pmf(np.arange(n + 1), n, a, b)
+    table.setflags(write=False)
+    return table
+
+
+def _grid_log_pmf(x: np.ndarray, n: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """log P(X = x) at the grid points ``rows`` (all when None) for the counts ``x``."""
+    if n <= _TABLE_MAX_N:
+        table = _log_pmf_table(n)
+        return table[:, x] if rows is None else table[np.ix_(rows, x)]
+    a, b, _ = _grid()
+    return log_pmf(x, n, a, b) if rows is None else log_pmf(x, n, a[rows], b[rows])
 
 
 def deviance(loglik: np.ndarray) -> np.ndarray:
@@ -142,8 +169,7 @@ def p_curve(loglik: np.ndarray, n: int, share: float, tails: np.ndarray | None =
     rows = rows[np.argsort(dev[rows], kind="stable")]
     d = dev[rows]
     if tails is None:
-        a, b, _ = _grid()
-        tail = tail_table(n, a[rows], b[rows])
+        tail = _tails_from_log_pmf(_grid_log_pmf(np.arange(n + 1), n, rows))
     else:
         tail = tails[rows]
     running = np.maximum.accumulate(tail, axis=0)
@@ -168,9 +194,9 @@ def pirated_counts(curve: np.ndarray, n: int, negatives: int, holds: bool, top_r
 
 def negatives_loglik(matches: Sequence[int], n: int) -> np.ndarray:
     """The negatives' beta-binomial log-likelihood at every grid point (-inf where not allowed)."""
-    a, b, allowed = _grid()
+    _, _, allowed = _grid()
     values, counts = np.unique(np.asarray(matches, dtype=np.int64), return_counts=True)
-    ll = log_pmf(values, n, a, b) @ counts.astype(np.float64)
+    ll = _grid_log_pmf(values, n) @ counts.astype(np.float64)
     return np.where(allowed, ll, -np.inf)
 
 

@@ -156,5 +156,19 @@ def worker_main() -> int:
     return 0
 
 
+def fast_exit(code: int) -> None:
+    """End the process now, skipping the interpreter's teardown of MLflow's or torch's modules
+    (0.5-0.8 s a process, once per pipeline stage). Only for a process whose outputs are all
+    written and closed: stdio and logging are flushed here, nothing else is. Under a profiler or
+    tracer (cProfile, coverage) the process exits normally, so that they can write their results."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        raise SystemExit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(worker_main())
+    fast_exit(worker_main())

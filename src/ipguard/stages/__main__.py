@@ -36,3 +36,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Reached only when the stage succeeded (an error leaves through SystemExit with its status).
+    from ipguard.tracking import fast_exit
+
+    fast_exit(0)
