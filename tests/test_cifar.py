@@ -3,7 +3,7 @@
 The stand-in is an ImageFolder tree of random 32x32 images laid out like the offline CIFAR-10
 copy; the owner is a CIFAR ResNet-20 state dict saved the way the public checkpoints are
 (a `state_dict` wrapper, `module.` prefixes). Its numbers mean nothing: it checks that every
-stage of the cifar10_cpu experiment runs on data of this shape.
+stage of the cifar10_shared and cifar10_cpu experiments runs on data of this shape.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _image_folder(root: Path, per_class: int, classes: int = 10) -> None:
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-@pytest.mark.parametrize("experiment", ["cifar10_cpu"])
+@pytest.mark.parametrize("experiment", ["cifar10_shared"])
 def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str) -> None:
     from omegaconf import OmegaConf
 
@@ -74,6 +74,51 @@ def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeyp
     assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
     assert "Accuracy of every model" in (out / "report.md").read_text()
     assert os.path.getsize(out / "effects.md") > 0
+
+
+def test_cifar10_cpu_trains_its_zoo_and_students_with_the_fast_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cifar10_cpu's own parts on the stand-in: an airbench owner and negatives trained with the
+    fast recipe (one epoch), a public-style file negative, a fine-tune, a distilled student of
+    another architecture and an adversarially extracted one, all through the real stages."""
+    from omegaconf import OmegaConf
+
+    data = tmp_path / "cifar"
+    _image_folder(data / "train", 6)
+    _image_folder(data / "test", 2)
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet20.th"
+    state = {f"module.{k}": v for k, v in create_model("cifar_resnet20", 10, (3, 32, 32)).state_dict().items()}
+    torch.save({"state_dict": state}, weights)
+    cfg = copy.deepcopy(OmegaConf.to_container(compose(["experiment=cifar10_cpu"]), resolve=True))
+    zoo = cfg["zoo"]["models"]
+    trained = {k: v for k, v in zoo.items() if v.get("source", "train") == "train"}
+    assert len(zoo) >= 25 and len(trained) >= 12 and len({(v["arch"], str(v.get("kwargs"))) for v in trained.values()}) >= 3
+    families: dict[str, int] = {}
+    for entry in cfg["postprocess"].values():
+        families[entry["family"]] = families.get(entry["family"], 0) + 1
+    assert all(count >= 3 for family, count in families.items() if family != "quantization"), families
+    assert cfg["model"]["arch"] == "airbench" and cfg["training"]["schedule"] == "onecycle"
+    cfg["dataset"]["root"] = str(data)
+    cfg["zoo"]["models"] = {
+        "resnet32_file": {**zoo["resnet32_shared"], "path": str(weights), "arch": "cifar_resnet20"},
+        "ab32_s2_other": {**zoo["ab32_s2_other"], "train": {"epochs": 1}},
+    }
+    cfg["training"].update(epochs=1, batch_size=16)
+    keep = ("ftal_sgd_lr1e-2_1ep", "distill_r20", "extract_adv_ab32_eps8", "float16")
+    cfg["postprocess"] = {k: {**cfg["postprocess"][k], **({"epochs": 1} if "epochs" in cfg["postprocess"][k] else {}),
+                              **({"max_samples": 20} if "max_samples" in cfg["postprocess"][k] else {})} for k in keep}
+    cfg["fingerprint"] = {"ipguard": {**cfg["fingerprint"]["ipguard"], "n": 8, "max_iter": 20}}
+    run_tiny(cfg, tmp_path, monkeypatch, effects_n=4)
+    owner = json.loads(Path("models/zoo/owner.json").read_text())
+    assert owner["arch"] == "airbench" and owner["params"]["training"]["autocast"] == "bf16"
+    whitening = load_tensors("models/zoo/owner.safetensors")["whiten_weight"]
+    assert whitening.abs().sum() > 0, "the owner's whitening filters come from its training images"
+    student = json.loads(Path("models/variants/distill_r20.json").read_text())
+    assert student["arch"] == "cifar_resnet20"
+    adv = json.loads(Path("models/variants/extract_adv_ab32_eps8.json").read_text())
+    assert adv["arch"] == "airbench" and adv["arch_kwargs"] == {"widths": [32, 64, 128]}
+    metrics = json.loads((Path("reports") / "cifar10_cpu" / "metrics.json").read_text())
+    assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
 
 
 # Where the paper experiments' smoke test computes: cpu here and in CI; a GPU machine sets cuda.

@@ -150,3 +150,41 @@ def test_finetuning_with_thief_settings_is_seeded(in_workspace: Path) -> None:
 def test_finetuning_settings_are_checked_up_front(in_workspace: Path, method: str, kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         apply_postprocess(method, _owner(), load_split("other"), seed=0, where=method, **kwargs)
+
+
+def test_pgd_stays_in_its_ball_and_raises_the_loss() -> None:
+    from ipguard.postprocess import pgd_perturb
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(16, 3, 2, 2), torch.randint(0, 3, (16,))
+    adv = pgd_perturb(net, x, y, eps=0.05, step=0.02, steps=5, gen=torch.Generator().manual_seed(0))
+    assert float((adv - x).abs().max()) <= 0.05 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    loss = torch.nn.functional.cross_entropy
+    assert loss(net(adv), y) > loss(net(x), y)
+    assert not adv.requires_grad and net.training
+
+
+def test_adversarial_extraction_learns_the_owner_and_checks_its_keys(in_workspace: Path) -> None:
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    other = load_split("other")
+    student = apply_postprocess("extract_adv", owner, other, seed=0, epochs=10, eps=0.03, step=0.01, steps=2)
+    test = load_split("test")
+    agreement = float((student(test.x).argmax(1) == owner(test.x).argmax(1)).float().mean())
+    assert agreement > 0.6  # adversarial training costs accuracy; chance is 0.1
+    with pytest.raises(ConfigError, match="extract_adv.steps"):
+        apply_postprocess("extract_adv", owner, other, seed=0, steps=0)
+    with pytest.raises(ConfigError, match="extract_adv.label_smoothing"):
+        apply_postprocess("extract_adv", owner, other, seed=0, training={"label_smoothing": 2.0})
+
+
+def test_student_recipe_comes_from_training_and_explicit_keys_win() -> None:
+    from ipguard.postprocess import _student_cfg
+
+    recipe = {"epochs": 8, "lr": 0.75, "optimizer": "sgd", "schedule": "onecycle", "bias_lr_scale": 64.0}
+    cfg = _student_cfg("distill", recipe, {"bias_lr_scale": 1.0, "lr": 0.4}, epochs=12, lr=None)
+    assert (cfg.epochs, cfg.lr, cfg.optimizer, cfg.schedule, cfg.batch_size, cfg.bias_lr_scale) == (12, 0.4, "sgd", "onecycle", 64, 1.0)
+    with pytest.raises(ConfigError, match="distill.training"):
+        _student_cfg("distill", {"epochz": 3})
+    with pytest.raises(ConfigError, match="distill.train"):
+        _student_cfg("distill", None, {"label_smoothing": "much"})

@@ -121,9 +121,107 @@ def test_max_samples_caps_each_epoch_and_augment_changes_the_result() -> None:
 @pytest.mark.parametrize(
     ("change", "key"),
     [({"momentum": 1.5}, "training.momentum"), ({"weight_decay": -0.1}, "training.weight_decay"),
-     ({"max_samples": -1}, "training.max_samples"), ({"augment": 1}, "training.augment"), ({"epochs": -1}, "training.epochs")],
+     ({"max_samples": -1}, "training.max_samples"), ({"augment": 1}, "training.augment"), ({"epochs": -1}, "training.epochs"),
+     ({"label_smoothing": 1.0}, "training.label_smoothing"), ({"bias_lr_scale": 0}, "training.bias_lr_scale"),
+     ({"augment_padding": "wrap"}, "training.augment_padding"), ({"augment_pad": -2}, "training.augment_pad"),
+     ({"onecycle_peak": 1.5}, "training.onecycle_peak"), ({"autocast": "fp8"}, "training.autocast"),
+     ({"channels_last": "yes"}, "training.channels_last")],
 )
 def test_bad_training_settings_are_named(change: dict, key: str) -> None:
     model = create_model("mlp", 2, (1, 2, 2), hidden=[8])
     with pytest.raises(ConfigError, match=key):
         train(model, torch.rand(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), TrainingCfg(**{"epochs": 1, **change}), seed=0)
+
+
+def test_sgd_rate_scales_match_torch_param_groups() -> None:
+    """A rate multiplier s gives a parameter torch's SGD at lr * s with weight decay wd / s (airbench's
+    decoupled BatchNorm shifts): the same shrinkage per step, a larger step."""
+    torch.manual_seed(0)
+    ours = create_model("airbench", 10, (3, 8, 8), widths=[8, 8])
+    ref = create_model("airbench", 10, (3, 8, 8), widths=[8, 8])
+    ref.load_state_dict(ours.state_dict())
+    from ipguard.training import bias_scales
+
+    cfg = TrainingCfg(optimizer="sgd", lr=0.05, weight_decay=1e-3, momentum=0.85)
+    params = list(ours.parameters())
+    scales = bias_scales(ours, params, 64.0)
+    assert scales.count(64.0) == 4 and len(set(scales)) == 2  # the shifts of the four BatchNorms
+    opt = Optimizer(params, cfg, scales)
+    ref_params = list(ref.parameters())
+    groups = [{"params": [p for p, s in zip(ref_params, scales) if s == v], "lr": 0.05 * v, "weight_decay": 1e-3 / v}
+              for v in (1.0, 64.0)]
+    ref_opt = torch.optim.SGD(groups, momentum=0.85, nesterov=True)
+    x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(4):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step(0.05)
+        ref_opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_onecycle_schedule_has_airbench_shape() -> None:
+    from ipguard.training import lr_factor
+
+    cfg = TrainingCfg(schedule="onecycle", onecycle_start=0.2, onecycle_peak=0.25, onecycle_end=0.05)
+    f = [lr_factor("onecycle", s, 100, cfg) for s in range(101)]
+    assert f[0] == pytest.approx(0.2) and f[25] == pytest.approx(1.0) and f[100] == pytest.approx(0.05)
+    assert all(a < b for a, b in zip(f[:25], f[1:26])) and all(a > b for a, b in zip(f[25:100], f[26:101]))
+
+
+def test_airbench_whitens_its_input_and_averages_over_mirror_images() -> None:
+    from ipguard.models import PixelModel, init_from_data
+
+    torch.manual_seed(0)
+    # Correlated "images": smooth noise, so that whitening has something to undo.
+    x = torch.nn.functional.avg_pool2d(torch.rand(200, 3, 18, 18), 3, 1)
+    model = PixelModel(create_model("airbench", 10, (3, 16, 16), widths=[8, 16]), [0.5] * 3, [0.25] * 3)
+    init_from_data(model, x)
+    net = model.net
+    z = torch.nn.functional.conv2d((x - model.mean) / model.std, net.whiten_weight[: net.whiten_width // 2])
+    feats = z.permute(0, 2, 3, 1).reshape(-1, net.whiten_width // 2)
+    cov = feats.T @ feats / feats.shape[0]
+    # Unit variance and no correlation along every whitened direction (up to the eps of 5e-4).
+    assert torch.allclose(cov, torch.eye(cov.shape[0]), atol=0.05)
+    assert torch.equal(net.whiten_weight[net.whiten_width // 2 :], -net.whiten_weight[: net.whiten_width // 2])
+    assert "whiten_weight" in net.state_dict() and all(p is not net.whiten_weight for p in net.parameters())
+    model.eval()
+    q = torch.rand(4, 3, 16, 16)
+    assert torch.allclose(model(q), model(q.flip(-1)), atol=1e-5)  # flip TTA: symmetric by construction
+    net.flip_tta = False
+    assert not torch.allclose(model(q), model(q.flip(-1)), atol=1e-5)
+
+
+def test_fast_recipe_trains_in_channels_last_and_stores_contiguous(tmp_path) -> None:
+    """The fast recipe (conf/training/fast.yaml) on tiny data: it learns, the weights come back in the
+    usual layout, and a run is repeatable on the CPU."""
+    from omegaconf import OmegaConf
+
+    from ipguard.config import merge_into
+    from ipguard.io import load_model_file, save_model_file
+    from ipguard.models import PixelModel, init_from_data, model_meta, model_tensors
+
+    recipe = OmegaConf.to_container(OmegaConf.load("conf/training/fast.yaml"))
+    cfg = merge_into(TrainingCfg(), {**recipe, "epochs": 6, "batch_size": 32}, "training")
+    assert cfg.channels_last and cfg.schedule == "onecycle" and cfg.augment_padding == "reflect"
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(128, 3, 12, 12, generator=g)
+    y = (x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))).long()  # red against blue: learnable from colour
+
+    def run() -> tuple[PixelModel, list[float]]:
+        torch.manual_seed(0)
+        model = PixelModel(create_model("airbench", 2, (3, 12, 12), widths=[8, 16]), [0.5] * 3, [0.25] * 3)
+        init_from_data(model, x)
+        return model, train(model, x, y, cfg, seed=0)
+
+    model, history = run()
+    again, history2 = run()
+    assert history == history2 and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert history[-1] < history[0]
+    assert all(t.is_contiguous() for t in model_tensors(model).values())
+    path = tmp_path / "m.safetensors"
+    save_model_file(path, model_tensors(model), model_meta(model, "airbench", {"widths": [8, 16]}, 2, (3, 12, 12)))
+    tensors, _ = load_model_file(path)
+    assert torch.equal(tensors["whiten_weight"], model.net.whiten_weight)

@@ -62,7 +62,21 @@ class TrainingCfg:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     max_samples: int = 0        # > 0: each epoch draws this many examples (a fresh seeded draw per epoch)
-    augment: bool = False       # random crop with 4-pixel zero padding and horizontal flip, seeded
+    augment: bool = False       # random translation (a crop of the padded image) and horizontal flip, seeded
+    augment_pad: int = 4        # how far augment translates, in pixels
+    augment_padding: str = "zeros"  # zeros (torchvision's RandomCrop) | reflect (airbench)
+    label_smoothing: float = 0.0
+    # onecycle: the rate factor rises linearly from onecycle_start to 1 over the first
+    # onecycle_peak of the steps, then falls linearly to onecycle_end (airbench: 0.2, 0.23, 0.07).
+    onecycle_start: float = 0.2
+    onecycle_peak: float = 0.23
+    onecycle_end: float = 0.07
+    bias_lr_scale: float = 1.0  # rate multiplier of BatchNorm shifts (airbench: 64); their decay per step is kept
+    channels_last: bool = False  # NHWC activations: faster convolutions on CPUs (oneDNN) and tensor cores
+    # none | bf16: mixed-precision training (convolutions and matrix products in bfloat16, the
+    # weights in float32), on CUDA and on the CPU (about 2x faster where the CPU has AVX512-BF16
+    # or AMX, much slower where it has neither). Models are stored and evaluated in float32.
+    autocast: str = "none"
 
 
 @dataclass

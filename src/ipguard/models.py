@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ipguard.airbench import airbench as _airbench
 from ipguard.cifar_resnet import make_cifar_resnet
 from ipguard.config import check_kwargs
 from ipguard.errors import ConfigError, ModelFileError
@@ -289,6 +290,7 @@ def lenet(
 
 for _depth in (20, 32, 44, 56, 110):
     register_arch(f"cifar_resnet{_depth}")(make_cifar_resnet(_depth))
+register_arch("airbench")(_airbench)
 
 
 class PixelModel(nn.Module):
@@ -324,6 +326,20 @@ class PixelModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) / self.std
         return self.net(z.to(self.compute_dtype)).float()
+
+
+# Images the data-dependent initialisation looks at (airbench whitens from 5,000).
+INIT_IMAGES = 5000
+
+
+@torch.no_grad()
+def init_from_data(model: PixelModel, x: torch.Tensor) -> None:
+    """Give a freshly built network its data-dependent initialisation, if its architecture has
+    one (``net.init_from_data``: airbench's whitening filters), from the first training images."""
+    init = getattr(model.net, "init_from_data", None)
+    if init is not None:
+        device = model.mean.device
+        init(((x[:INIT_IMAGES].to(device) - model.mean) / model.std))
 
 
 def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:

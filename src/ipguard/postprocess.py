@@ -23,6 +23,7 @@ from ipguard.models import PixelModel, get_classifier
 from ipguard.training import check_training, train
 
 PostFn = Callable[..., PixelModel]
+_fit = train  # the students' entries take a `train` key (as zoo entries do), which shadows the name
 _METHODS: dict[str, PostFn] = {}
 RESERVED_KEYS = ("method", "family", "data", "seed")
 
@@ -89,7 +90,7 @@ def _finetune_cfg(
 
 # Every fine-tuning entry takes the same training keys. Defaults: what the digits suite has always
 # used (Adam, constant rate, the whole data each epoch, no augmentation). A realistic thief adds
-# augmentation, SGD with momentum and weight decay, a cosine schedule (see conf/experiment/cifar10_cpu).
+# augmentation, SGD with momentum and weight decay, a cosine schedule (see conf/experiment/cifar10_shared).
 def _register_finetune(name: str, last_layer_only: bool, reinit_last: bool, doc: str) -> PostFn:
     """Register one of Adi et al.'s four fine-tunings; they differ only in what is reset and trained."""
 
@@ -249,9 +250,12 @@ def float16(model: PixelModel, data: Split, seed: int, compute: str = "half") ->
     return out
 
 
-def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mapping[str, object] | None) -> PixelModel:
-    """A freshly initialised network: the owner's architecture, or ``arch`` with ``arch_kwargs``."""
-    from ipguard.models import create_model
+def _student(
+    model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mapping[str, object] | None, x: torch.Tensor,
+) -> PixelModel:
+    """A freshly initialised network: the owner's architecture, or ``arch`` with ``arch_kwargs``
+    (with its data-dependent initialisation from the thief's images ``x``, if it has one)."""
+    from ipguard.models import create_model, init_from_data
 
     if model.num_classes is None or model.input_shape is None or (arch is None and model.arch is None):
         raise ConfigError("distillation: the owner's architecture is unknown (not built by build_model); give student_arch")
@@ -261,6 +265,7 @@ def _student(model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mappin
     student = PixelModel(net, model.mean.flatten().tolist(), model.std.flatten().tolist()).to(model.mean.device)
     student.arch, student.arch_kwargs = name, kwargs
     student.num_classes, student.input_shape = model.num_classes, model.input_shape
+    init_from_data(student, x)
     return student
 
 
@@ -277,18 +282,39 @@ def soft_label_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: fl
     ) * temperature**2
 
 
+def _student_cfg(
+    where: str, training: Mapping[str, object] | None, train_overrides: Mapping[str, object] | None = None, **explicit: object,
+) -> TrainingCfg:
+    """A student's training settings: Adam for 20 epochs of batch 64 at 1e-3, then the keys of
+    ``training`` (``training: ${training}`` in a config gives students the zoo's own recipe), then
+    those of ``train`` (the entry's own changes to that recipe, as a zoo entry's ``train``), then
+    the entry's ``epochs``, ``lr``, ``batch_size``, ``optimizer`` where given."""
+    from ipguard.config import merge_into
+
+    base = TrainingCfg(epochs=20, lr=1e-3, batch_size=64, optimizer="adam")
+    given = {k: v for k, v in explicit.items() if v is not None}
+    cfg = merge_into(base, dict(training or {}), f"{where}.training")
+    cfg = merge_into(cfg, dict(train_overrides or {}), f"{where}.train")
+    cfg = merge_into(cfg, given, where)
+    check_training(cfg, where)
+    return cfg
+
+
 @register_postprocess("distill")
 def distill(
     model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
-    temperature: float = 4.0, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    temperature: float = 4.0, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+    optimizer: str | None = None, training: dict | None = None, train: dict | None = None,
 ) -> PixelModel:
     """Knowledge distillation (Hinton, Vinyals & Dean 2015): a fresh student fitted to the owner's
-    softened outputs on ``data`` (labels unused). Same architecture by default, or ``student_arch``."""
+    softened outputs on ``data`` (labels unused). Same architecture by default, or ``student_arch``;
+    ``training`` overrides the other training keys (schedule, augmentation, ...): augmented images
+    get the owner's outputs on the images as they are, as a thief querying once would have."""
     if temperature <= 0:
         raise ConfigError(f"distill.temperature: must be > 0, got {temperature}")
-    student = _student(model, seed, student_arch, student_kwargs)
-    cfg = TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
-    train(student, data.x, _owner_outputs(model, data.x), cfg, seed, desc="distill",
+    cfg = _student_cfg("distill", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    student = _student(model, seed, student_arch, student_kwargs, data.x)
+    _fit(student, data.x, _owner_outputs(model, data.x), cfg, seed, desc="distill",
           loss=functools.partial(soft_label_loss, temperature=temperature))
     return student
 
@@ -296,11 +322,60 @@ def distill(
 @register_postprocess("extract")
 def extract(
     model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
-    epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, optimizer: str = "adam",
+    epochs: int | None = None, lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
+    training: dict | None = None, train: dict | None = None,
 ) -> PixelModel:
     """Label-only model extraction: a surrogate trained on the owner's predicted labels (no
-    probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019)."""
-    student = _student(model, seed, student_arch, student_kwargs)
+    probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019).
+    ``training`` overrides the other training keys, as for :func:`distill`."""
+    cfg = _student_cfg("extract", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    student = _student(model, seed, student_arch, student_kwargs, data.x)
     labels = _owner_outputs(model, data.x).argmax(1)
-    train(student, data.x, labels, TrainingCfg(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer), seed, desc="extract")
+    _fit(student, data.x, labels, cfg, seed, desc="extract")
+    return student
+
+
+def pgd_perturb(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int, gen: torch.Generator,
+) -> torch.Tensor:
+    """L-infinity PGD from a random start (Madry et al., ICLR 2018) in pixel space, kept in [0, 1].
+
+    The model is put in eval mode while the attack runs (BatchNorm statistics untouched) and back
+    in train mode afterwards; the returned batch carries no graph.
+    """
+    was_training = model.training
+    model.eval()
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps
+    adv = (x + noise).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(adv), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    model.train(was_training)
+    return adv.detach()
+
+
+@register_postprocess("extract_adv")
+def extract_adv(
+    model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
+    epochs: int | None = None, lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
+    training: dict | None = None, train: dict | None = None, eps: float = 8 / 255, step: float = 2 / 255, steps: int = 3,
+) -> PixelModel:
+    """Adversarially trained extraction: label-only extraction (:func:`extract`) where the student
+    trains on PGD adversarial examples of its own (Madry et al., ICLR 2018) labelled with the
+    owner's labels of the clean images. The family that QuRD and IrisFP report boundary
+    fingerprints at chance on: adversarial training moves the student's boundary away from the
+    owner's. ``eps`` and ``step`` are in pixels of [0, 1]; each step costs ``steps`` extra
+    forward-backward passes."""
+    if not 0 < eps <= 1 or not 0 < step <= 1:
+        raise ConfigError(f"extract_adv.eps / step: must lie in (0, 1], got {eps} / {step}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"extract_adv.steps: must be an integer >= 1, got {steps!r}")
+    cfg = _student_cfg("extract_adv", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    student = _student(model, seed, student_arch, student_kwargs, data.x)
+    labels = _owner_outputs(model, data.x).argmax(1)
+    gen = torch.Generator().manual_seed(seed + 0xADF)
+    _fit(student, data.x, labels, cfg, seed, desc="extract_adv",
+          perturb=lambda net, xb, yb: pgd_perturb(net, xb, yb, eps, step, steps, gen))
     return student

@@ -14,7 +14,7 @@ from ipguard.data import Split
 from ipguard.errors import ConfigError
 from ipguard.foreign import load_suspect
 from ipguard.io import save_model_file
-from ipguard.models import PixelModel, accuracy, build_model, create_model, model_meta, model_tensors
+from ipguard.models import PixelModel, accuracy, build_model, create_model, init_from_data, model_meta, model_tensors
 from ipguard.stages.common import load_split, run_stage, zoo_path
 from ipguard.tracking import stage_run
 from ipguard.training import train
@@ -48,6 +48,7 @@ def train_model(params: Params, name: str | None) -> None:
         torch.manual_seed(spec.seed)
         net = create_model(spec.arch, ds.num_classes, ds.input_shape, where=f"{where}.arch", **spec.kwargs)
         model = PixelModel(net, norm.mean, norm.std).to(params.runtime.device)
+        init_from_data(model, data.x)
         history = train(model, data.x, data.y, tcfg, seed=spec.seed, desc=f"train {name}")
         family = spec.family or f"{spec.arch}/{spec.data}"
     seconds = time.perf_counter() - start
