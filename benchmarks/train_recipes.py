@@ -82,10 +82,12 @@ def run_one(spec: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]], train
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
-    lines = ["| run | params | train images | epochs | minutes | images/s | test accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | params | precision | train images | epochs | minutes | images/s | test accuracy |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in records:
-        lines.append(f"| `{r['run']}` | {r['parameters']:,} | {r['train_images']:,} | {r['epochs']} | {r['train_minutes']:.1f} | "
-                     f"{r['images_per_second']:.0f} | {100 * r['test_accuracy']:.1f} % |")
+        precision = "bf16 autocast" if r["training"].get("autocast") == "bf16" else "float32"
+        lines.append(f"| `{r['run']}` | {r['parameters']:,} | {precision} | {r['train_images']:,} | {r['epochs']} | "
+                     f"{r['train_minutes']:.1f} | {r['images_per_second']:.0f} | {100 * r['test_accuracy']:.1f} % |")
     return "\n".join(lines)
 
 
