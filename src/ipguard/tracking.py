@@ -4,7 +4,9 @@ DVC's outputs are the record; MLflow is for browsing. A stage records what it lo
 (:class:`Recorder`); at the end of the block the record becomes one MLflow run, either here or
 in a tracking worker (``python -m ipguard.tracking``) that the stage launcher
 (``python -m ipguard.stages``) starts beside the stage. The worker imports MLflow on the other
-core while the stage imports torch and works: that import is most of a short stage's cost.
+core while the stage imports torch and works: that import is most of a short stage's cost. The
+stage does not wait for the run to be logged: the worker finishes it, about a second later, while
+DVC goes on (so the last stage's run appears a moment after ``dvc repro`` returns).
 
 Tracking is best effort: if the store cannot be reached or written, a warning goes to stderr
 and the stage's DVC outputs are written as usual.
@@ -107,8 +109,14 @@ def start_worker() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "ipguard.tracking"], stdin=subprocess.PIPE)
 
 
-def finish_worker(worker: subprocess.Popen[bytes], payload: Mapping[str, Any] | None) -> None:
-    """Send the run (or nothing) to the worker and wait until it has been logged."""
+def finish_worker(worker: subprocess.Popen[bytes], payload: Mapping[str, Any] | None, wait: bool = True) -> None:
+    """Send the run (or nothing) to the worker; wait until it has been logged unless ``wait`` is False.
+
+    A stage does not wait (see :func:`stage_run`): its outputs are written, and the worker logs the
+    run about a second later while DVC starts the next stage. The worker keeps the stage's stdout
+    and stderr, so whoever reads them to the end (``dvc repro`` under a test, a pipe) also waits
+    for the run to be logged; a terminal sees any warning of the worker a little after the stage.
+    """
     stdin: IO[bytes] | None = worker.stdin
     try:
         if stdin is not None:
@@ -117,7 +125,31 @@ def finish_worker(worker: subprocess.Popen[bytes], payload: Mapping[str, Any] | 
             stdin.close()
     except BrokenPipeError:
         pass
-    worker.wait()
+    if wait:
+        worker.wait()
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store (``<db>.lock``) while one worker writes, so that
+    workers of consecutive stages never create the schema or an experiment at the same time.
+    Other stores (a tracking server) need none; a lock that cannot be taken is skipped."""
+    handle = None
+    if uri.startswith("sqlite:///"):
+        try:
+            import fcntl
+
+            handle = open(uri.removeprefix("sqlite:///") + ".lock", "a")  # noqa: SIM115 - closed below
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except (OSError, ImportError):
+            if handle is not None:
+                handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 @contextlib.contextmanager
@@ -140,7 +172,7 @@ def stage_run(cfg: TrackingCfg, experiment: str, run_name: str, tags: Mapping[st
             }
         if WORKER is not None:
             worker, WORKER = WORKER, None
-            finish_worker(worker, payload)
+            finish_worker(worker, payload, wait=False)
         elif payload is not None:
             log_payload(payload)
 
@@ -152,7 +184,9 @@ def worker_main() -> int:
 
     data = sys.stdin.buffer.read()
     if data.strip():
-        log_payload(json.loads(data))
+        payload = json.loads(data)
+        with _store_lock(str(payload.get("uri", ""))):
+            log_payload(payload)
     return 0
 
 
