@@ -34,10 +34,9 @@ def _image_folder(root: Path, per_class: int, classes: int = 10) -> None:
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-@pytest.mark.parametrize("experiment", ["cifar10_shared"])
-def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str) -> None:
-    from omegaconf import OmegaConf
-
+def _stand_in(tmp_path: Path) -> tuple[Path, Path]:
+    """The stand-in CIFAR folder (6 train, 2 test images a class) and a CIFAR ResNet-20 state dict
+    saved as the public checkpoints are (a `state_dict` wrapper, `module.` prefixes)."""
     data = tmp_path / "cifar"
     _image_folder(data / "train", 6)
     _image_folder(data / "test", 2)
@@ -45,6 +44,14 @@ def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeyp
     weights = tmp_path / "resnet20.th"
     state = {f"module.{k}": v for k, v in create_model("cifar_resnet20", 10, (3, 32, 32)).state_dict().items()}
     torch.save({"state_dict": state, "best_prec1": 0.0}, weights)
+    return data, weights
+
+
+@pytest.mark.parametrize("experiment", ["cifar10_shared"])
+def test_cifar_experiment_runs_every_stage_on_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str) -> None:
+    from omegaconf import OmegaConf
+
+    data, weights = _stand_in(tmp_path)
 
     cfg = OmegaConf.to_container(compose([f"experiment={experiment}"]), resolve=True)
     cfg = copy.deepcopy(cfg)
@@ -82,13 +89,7 @@ def test_cifar10_cpu_trains_its_zoo_and_students_with_the_fast_recipe(tmp_path: 
     another architecture and an adversarially extracted one, all through the real stages."""
     from omegaconf import OmegaConf
 
-    data = tmp_path / "cifar"
-    _image_folder(data / "train", 6)
-    _image_folder(data / "test", 2)
-    torch.manual_seed(0)
-    weights = tmp_path / "resnet20.th"
-    state = {f"module.{k}": v for k, v in create_model("cifar_resnet20", 10, (3, 32, 32)).state_dict().items()}
-    torch.save({"state_dict": state}, weights)
+    data, weights = _stand_in(tmp_path)
     cfg = copy.deepcopy(OmegaConf.to_container(compose(["experiment=cifar10_cpu"]), resolve=True))
     zoo = cfg["zoo"]["models"]
     trained = {k: v for k, v in zoo.items() if v.get("source", "train") == "train"}

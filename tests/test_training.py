@@ -11,6 +11,20 @@ from ipguard.models import create_model
 from ipguard.training import Optimizer, train
 
 
+def _step_both(
+    ours: torch.nn.Module, opt: Optimizer, ref: torch.nn.Module, ref_opt: torch.optim.Optimizer, x: torch.Tensor,
+    steps: int, lr: float,
+) -> None:
+    """``steps`` steps of our optimizer and torch's on the same batch (random labels, 10 classes)."""
+    y = torch.randint(0, 10, (x.shape[0],))
+    for _ in range(steps):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step(lr)
+        ref_opt.step()
+
+
 @pytest.mark.parametrize(("kind", "wd"), [("adam", 0.0), ("adam", 1e-3), ("sgd", 0.0), ("sgd", 5e-4)])
 def test_optimizer_matches_torch(kind: str, wd: float) -> None:
     torch.manual_seed(0)
@@ -23,13 +37,7 @@ def test_optimizer_matches_torch(kind: str, wd: float) -> None:
         ref_opt: torch.optim.Optimizer = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=wd)
     else:
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=wd)
-    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
-    for _ in range(5):
-        for model, o in ((ours, opt), (ref, ref_opt)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step(0.01)
-        ref_opt.step()
+    _step_both(ours, opt, ref, ref_opt, torch.rand(32, 1, 8, 8), steps=5, lr=0.01)
     for a, b in zip(ours.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
 
@@ -151,13 +159,7 @@ def test_sgd_rate_scales_match_torch_param_groups() -> None:
     groups = [{"params": [p for p, s in zip(ref_params, scales) if s == v], "lr": 0.05 * v, "weight_decay": 1e-3 / v}
               for v in (1.0, 64.0)]
     ref_opt = torch.optim.SGD(groups, momentum=0.85, nesterov=True)
-    x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 10, (32,))
-    for _ in range(4):
-        for model, o in ((ours, opt), (ref, ref_opt)):
-            o.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step(0.05)
-        ref_opt.step()
+    _step_both(ours, opt, ref, ref_opt, torch.rand(32, 3, 8, 8), steps=4, lr=0.05)
     for a, b in zip(ours.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
