@@ -142,6 +142,7 @@ def test_paper_experiment_runs_under_tiny_overrides(
     archs = {spec["arch"] for spec in zoo.values()}
     assert len(zoo) >= 50 and len(archs) >= 5, "the issue asks for >= 50 independents over >= 5 architectures"
     assert cfg["model"]["source"] == "train" and cfg["runtime"]["device"] == "cuda"
+    assert cfg["training"]["schedule"] == "onecycle" and cfg["training"]["autocast"] == "bf16"  # the fast recipe
     assert cfg["dataset"]["num_classes"] == classes
     cfg["zoo"]["models"] = {next(k for k, s in zoo.items() if s["arch"] == arch): zoo[next(k for k, s in zoo.items() if s["arch"] == arch)]
                             for arch in sorted(archs)}
