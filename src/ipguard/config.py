@@ -9,10 +9,9 @@ architectures) are checked against the registered function's parameters instead.
 
 from __future__ import annotations
 
-import inspect
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,27 +250,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def to_dict(obj: Any) -> Any:
     """A dataclass config (or a part of one) as plain containers, for logging and metadata."""
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
-
-
-def check_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any], where: str, skip: int = 0) -> None:
-    """Reject keys that ``fn`` does not take, naming them and what it does take.
-
-    ``skip`` leading positional parameters (the model, the data) are not config keys.
-    """
-    parameters = list(inspect.signature(fn).parameters.values())[skip:]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return
-    names = {p.name for p in parameters}
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown config key '{where}.{unknown[0]}' (allowed: {', '.join(sorted(names))})"
-        )
-    missing = [
-        p.name for p in parameters if p.default is inspect.Parameter.empty and p.name not in kwargs
-    ]
-    if missing:
-        raise ConfigError(f"{where}: missing config key '{where}.{missing[0]}'")
 
 
 def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> DictConfig:

@@ -14,21 +14,13 @@ import numpy as np
 import torch
 
 from ipguard.errors import ConfigError
+from ipguard.registry import Registry
 
 SPLITS = ("owner", "other", "test")
 Parts = dict[str, tuple[torch.Tensor, torch.Tensor]]
 DatasetLoader = Callable[..., Parts]
-_DATASETS: dict[str, DatasetLoader] = {}
-
-
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Add a dataset loader to the registry under ``name``."""
-
-    def wrap(fn: DatasetLoader) -> DatasetLoader:
-        _DATASETS[name] = fn
-        return fn
-
-    return wrap
+DATASETS: Registry[DatasetLoader] = Registry("dataset", leading=("root",))
+register_dataset = DATASETS.register
 
 
 def load_dataset(name: str, root: str | None = None) -> Parts:
@@ -37,9 +29,7 @@ def load_dataset(name: str, root: str | None = None) -> Parts:
     Either one labelled ``pool`` (cut into owner/other/test by :func:`split`), or the dataset's
     own ``train`` and ``test`` parts (train is cut into owner/other; test is kept).
     """
-    if name not in _DATASETS:
-        raise ConfigError(f"dataset.name: unknown dataset '{name}' (known: {', '.join(sorted(_DATASETS))})")
-    return _DATASETS[name](root=root)
+    return DATASETS.get(name, "dataset.name")(root=root)
 
 
 @register_dataset("digits")

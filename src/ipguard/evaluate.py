@@ -54,35 +54,35 @@ def aruc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -
 
 
 def roc_auc(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -> float:
-    """ROC AUC with the matching rate as the score: P(MR_pos > MR_neg) + ½ P(tie)."""
+    """ROC AUC with the matching rate as the score: P(MR_pos > MR_neg) + ½ P(tie) (scikit-learn's)."""
+    from sklearn.metrics import roc_auc_score
+
     p = _as_array(pos, "positives")
     q = _as_array(neg, "negatives")
-    greater = (p[:, None] > q[None, :]).mean()
-    ties = (p[:, None] == q[None, :]).mean()
-    return float(greater + 0.5 * ties)
+    return float(roc_auc_score(_labels(p, q), np.concatenate([p, q])))
 
 
 def tpr_at_fpr(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray, max_fpr: float = 0.01) -> float:
     """Best true-positive rate over thresholds ``MR >= t`` whose false-positive rate is <= ``max_fpr``."""
-    p = _as_array(pos, "positives")
-    q = _as_array(neg, "negatives")
     if not 0.0 <= max_fpr <= 1.0:
         raise ValueError(f"max_fpr: must lie in [0, 1], got {max_fpr}")
-    best = 0.0
-    for t in np.unique(np.concatenate([p, q, [np.inf]])):
-        if (q >= t).mean() <= max_fpr:
-            best = max(best, float((p >= t).mean()))
-    return best
+    fpr, tpr = roc_curve(pos, neg)
+    return float(tpr[fpr <= max_fpr].max())
 
 
 def roc_curve(pos: Sequence[float] | np.ndarray, neg: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
+    """(FPR, TPR) at every distinct threshold ``MR >= t``, from (0, 0) to (1, 1) (scikit-learn's,
+    every point kept)."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     p = _as_array(pos, "positives")
     q = _as_array(neg, "negatives")
-    thresholds = np.concatenate([[np.inf], np.unique(np.concatenate([p, q]))[::-1]])
-    fpr = np.array([(q >= t).mean() for t in thresholds])
-    tpr = np.array([(p >= t).mean() for t in thresholds])
+    fpr, tpr, _ = sk_roc_curve(_labels(p, q), np.concatenate([p, q]), drop_intermediate=False)
     return fpr, tpr
+
+
+def _labels(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.ones(len(p), dtype=np.int64), np.zeros(len(q), dtype=np.int64)])
 
 
 def fpr_bound(max_fpr: float, negatives: int) -> float:

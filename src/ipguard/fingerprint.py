@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ipguard.config import check_kwargs
 from ipguard.data import Split
 from ipguard.errors import ConfigError
 from ipguard.models import predict
 from ipguard.progress import bar
+from ipguard.registry import Registry
 
 
 @dataclass
@@ -47,31 +47,19 @@ class FingerprintSet:
 
 
 MethodFn = Callable[..., FingerprintSet]
-_METHODS: dict[str, MethodFn] = {}
+# Called as ``fn(model, pool, input_shape, num_classes, **entry)``.
+METHODS: Registry[MethodFn] = Registry("fingerprint method", leading=("model", "pool", "input_shape", "num_classes"))
+register_method = METHODS.register
 RESERVED_KEYS = ("method", "pool")
 
 
-def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Add a fingerprint method; it is called as ``fn(model, pool, input_shape, num_classes, **kwargs)``."""
-
-    def wrap(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = fn
-        return fn
-
-    return wrap
-
-
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def check_method(name: str, kwargs: Mapping[str, object], where: str = "fingerprint") -> MethodFn:
     """The registered method ``name``, once its config keys are known to fit it."""
-    if name not in _METHODS:
-        raise ConfigError(f"{where}.method: unknown fingerprint method '{name}' (known: {', '.join(list_methods())})")
-    fn = _METHODS[name]
-    check_kwargs(fn, kwargs, where, skip=4)
-    return fn
+    return METHODS.check(name, kwargs, where)
 
 
 def generate(

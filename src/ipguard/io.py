@@ -222,3 +222,38 @@ def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tenso
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read plain tensors written by :func:`save_tensors`."""
     return read_safetensors(path, IpguardError)
+
+
+# int8 storage (the weights of the quantize_int8 post-processing): per-output-channel symmetric
+# scales, stored beside each weight as `<key>.int8_scale`.
+def _int8_scale(w: torch.Tensor) -> torch.Tensor:
+    amax = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)
+    return (amax / 127.0).to(torch.float32)
+
+
+def pack_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-output-channel symmetric int8 for every weight with 2+ dimensions; other tensors as they are."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.endswith("weight") and t.ndim >= 2 and t.is_floating_point():
+            scale = _int8_scale(t)
+            shape = (-1,) + (1,) * (t.ndim - 1)
+            out[key] = torch.round(t.float() / scale.view(shape)).clamp_(-127, 127).to(torch.int8)
+            out[key + ".int8_scale"] = scale
+        else:
+            out[key] = t
+    return out
+
+
+def unpack_int8(packed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_int8`: dequantized float32 weights."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in packed.items():
+        if key.endswith(".int8_scale"):
+            continue
+        if t.dtype == torch.int8:
+            scale = packed[key + ".int8_scale"]
+            out[key] = t.float() * scale.view((-1,) + (1,) * (t.ndim - 1))
+        else:
+            out[key] = t
+    return out

@@ -24,26 +24,22 @@ from torch import nn
 
 from ipguard.airbench import airbench as _airbench
 from ipguard.cifar_resnet import make_cifar_resnet
-from ipguard.config import check_kwargs
 from ipguard.errors import ConfigError, ModelFileError
+from ipguard.registry import Registry, check_kwargs
 
 ArchFn = Callable[..., nn.Module]
-_ARCHS: dict[str, ArchFn] = {}
-
-
-def register_arch(name: str) -> Callable[[ArchFn], ArchFn]:
-    """Add an architecture under ``name``; it is called as ``fn(num_classes, input_shape, **kwargs)``."""
-
-    def wrap(fn: ArchFn) -> ArchFn:
-        _ARCHS[name] = fn
-        return fn
-
-    return wrap
+# Called as ``fn(num_classes, input_shape, **kwargs)``; any timm architecture is also available
+# as ``timm/<name>``, and a user's own function as ``module:function`` (see create_model).
+ARCHS: Registry[ArchFn] = Registry(
+    "architecture", leading=("num_classes", "input_shape"),
+    hint=", or timm/<name> for timm's, or module:function / path/to/file.py:function for your own",
+)
+register_arch = ARCHS.register
 
 
 def list_archs() -> list[str]:
     """Our own architectures; any timm architecture is also available as ``timm/<name>``."""
-    return sorted(_ARCHS)
+    return ARCHS.names()
 
 
 TIMM_PREFIX = "timm/"
@@ -64,13 +60,7 @@ def create_model(
         return _timm_model(name.removeprefix(TIMM_PREFIX), num_classes, tuple(input_shape), where, **kwargs)
     if is_user_arch(name):
         return _user_model(name, num_classes, tuple(input_shape), where, kwargs_where, kwargs)
-    if name not in _ARCHS:
-        raise ConfigError(
-            f"{where}: unknown architecture '{name}' (known: {', '.join(list_archs())}, or timm/<name> for timm's, "
-            "or module:function / path/to/file.py:function for your own)"
-        )
-    fn = _ARCHS[name]
-    check_kwargs(fn, kwargs, kwargs_where, skip=2)
+    fn = ARCHS.check(name, kwargs, kwargs_where, name_where=where)
     return fn(num_classes, tuple(input_shape), **kwargs)
 
 
@@ -299,7 +289,7 @@ class PixelModel(nn.Module):
 
     ``storage`` says how the weights are kept on disk and computed with: ``float32``,
     ``float16`` (weights and arithmetic in half precision) or ``int8`` (weights quantized per
-    output channel, see :mod:`ipguard.postprocess`).
+    output channel, see :func:`ipguard.io.pack_int8`).
     """
 
     def __init__(
@@ -349,7 +339,7 @@ def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:
     if model.storage == "float16":
         return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if model.storage == "int8":
-        from ipguard.postprocess import pack_int8
+        from ipguard.io import pack_int8
 
         return pack_int8(state)
     return state
@@ -373,7 +363,7 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
     if tensors is not None:
         state = dict(tensors)
         if storage == "int8":
-            from ipguard.postprocess import unpack_int8
+            from ipguard.io import unpack_int8
 
             state = unpack_int8(state)
         try:

@@ -16,39 +16,29 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ipguard.config import TrainingCfg, check_kwargs
+from ipguard.config import TrainingCfg
 from ipguard.data import Split
 from ipguard.errors import ConfigError
+from ipguard.io import pack_int8, unpack_int8
 from ipguard.models import PixelModel, get_classifier
+from ipguard.registry import Registry
 from ipguard.training import check_training, train
 
 PostFn = Callable[..., PixelModel]
 _fit = train  # the students' entries take a `train` key (as zoo entries do), which shadows the name
-_METHODS: dict[str, PostFn] = {}
+# Called as ``fn(model, data, seed, **entry)`` on a copy of the owner.
+POSTPROCESS: Registry[PostFn] = Registry("post-processing", leading=("model", "data", "seed"))
+register_postprocess = POSTPROCESS.register
 RESERVED_KEYS = ("method", "family", "data", "seed")
 
 
-def register_postprocess(name: str) -> Callable[[PostFn], PostFn]:
-    """Add a post-processing method under ``name``."""
-
-    def wrap(fn: PostFn) -> PostFn:
-        _METHODS[name] = fn
-        return fn
-
-    return wrap
-
-
 def list_postprocess() -> list[str]:
-    return sorted(_METHODS)
+    return POSTPROCESS.names()
 
 
 def check_postprocess(name: str, kwargs: Mapping[str, object], where: str = "postprocess") -> PostFn:
     """The registered method ``name``, once its config keys are known to fit it."""
-    if name not in _METHODS:
-        raise ConfigError(f"{where}.method: unknown post-processing '{name}' (known: {', '.join(list_postprocess())})")
-    fn = _METHODS[name]
-    check_kwargs(fn, kwargs, where, skip=3)
-    return fn
+    return POSTPROCESS.check(name, kwargs, where)
 
 
 def apply_postprocess(name: str, model: PixelModel, data: Split, seed: int, where: str = "postprocess", **kwargs: object) -> PixelModel:
@@ -185,39 +175,6 @@ def prune_finetune(
                 w.mul_(m)
 
     train(out, data.x, data.y, cfg, seed, desc="prune_finetune", after_step=reapply)
-    return out
-
-
-def _int8_scale(w: torch.Tensor) -> torch.Tensor:
-    amax = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)
-    return (amax / 127.0).to(torch.float32)
-
-
-def pack_int8(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-output-channel symmetric int8 for every weight with 2+ dimensions; other tensors as they are."""
-    out: dict[str, torch.Tensor] = {}
-    for key, t in state.items():
-        if key.endswith("weight") and t.ndim >= 2 and t.is_floating_point():
-            scale = _int8_scale(t)
-            shape = (-1,) + (1,) * (t.ndim - 1)
-            out[key] = torch.round(t.float() / scale.view(shape)).clamp_(-127, 127).to(torch.int8)
-            out[key + ".int8_scale"] = scale
-        else:
-            out[key] = t
-    return out
-
-
-def unpack_int8(packed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`pack_int8`: dequantized float32 weights."""
-    out: dict[str, torch.Tensor] = {}
-    for key, t in packed.items():
-        if key.endswith(".int8_scale"):
-            continue
-        if t.dtype == torch.int8:
-            scale = packed[key + ".int8_scale"]
-            out[key] = t.float() * scale.view((-1,) + (1,) * (t.ndim - 1))
-        else:
-            out[key] = t
     return out
 
 
