@@ -173,3 +173,25 @@ def test_batched_generation_equals_generating_each_point_alone(start: str, targe
     torch.testing.assert_close(fp.inputs, ref_x, atol=1e-4, rtol=0)
     with torch.no_grad():
         assert torch.equal(fp.labels, model(ref_x).argmax(1))
+
+
+def test_misclassified_start_begins_at_the_owners_mistakes(in_workspace: Path) -> None:
+    """``start: misclassified`` (issue 11): each point starts at a different held-out image the
+    owner gets wrong, so n is an upper bound; then the IPGuard loss moves it as from a real start."""
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    from ipguard.models import predict
+    from ipguard.stages.common import load_split
+
+    test = load_split("test")
+    wrong = predict(owner, test.x) != test.y
+    assert 0 < int(wrong.sum()) < 200
+    fp = generate("ipguard", owner, test, (1, 8, 8), 10, n=200, k=1.0, max_iter=0, start="misclassified", seed=1)
+    assert len(fp.inputs) == int(wrong.sum())  # every mistake once, no more
+    mistakes, truth = test.x[wrong], test.y[wrong]
+    where = [next(i for i, m in enumerate(mistakes) if torch.equal(x, m)) for x in fp.inputs]  # max_iter 0: at the starts
+    assert sorted(where) == list(range(len(mistakes)))
+    assert fp.start_labels is not None and (fp.start_labels != truth[where]).all()  # the owner's wrong labels
+    few = generate("ipguard", owner, test, (1, 8, 8), 10, n=3, k=1.0, max_iter=200, start="misclassified", seed=1)
+    assert len(few.inputs) == 3 and few.converged is not None and few.converged.all()
+    with pytest.raises(ConfigError, match="fingerprint.start: must be one of noise, real, misclassified"):
+        generate("ipguard", owner, test, (1, 8, 8), 10, n=3, start="mistakes")

@@ -82,7 +82,21 @@ def ipguard_loss(logits: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: floa
     return torch.relu(g_i - g_j + k) + torch.relu(others.amax(1) - g_i)
 
 
-def _starts(pool: Split, n: int, input_shape: tuple[int, ...], start: str, gen: torch.Generator) -> torch.Tensor:
+START_KINDS = ("noise", "real", "misclassified")
+
+
+def _owner_mistakes(model: nn.Module, pool: Split, what: str) -> Split:
+    """The images of ``pool`` that ``model`` labels otherwise than their true label."""
+    wrong = (predict(model, pool.x) != pool.y).nonzero().squeeze(1)
+    if wrong.numel() == 0:
+        raise ConfigError(f"fingerprint.{what}: the owner misclassifies none of the pool; use a larger pool")
+    return Split(pool.x[wrong], pool.y[wrong])
+
+
+def _starts(pool: Split, n: int, input_shape: tuple[int, ...], start: str, gen: torch.Generator, model: nn.Module) -> torch.Tensor:
+    if start == "misclassified":
+        # Each mistake once: a repeated start adds no evidence, so n is an upper bound here (as for akh).
+        return _pick(_owner_mistakes(model, pool, "start=misclassified"), n, gen, "start=misclassified").x
     if start == "noise":
         return torch.rand((n, *input_shape), generator=gen)
     if start == "real":
@@ -92,7 +106,7 @@ def _starts(pool: Split, n: int, input_shape: tuple[int, ...], start: str, gen: 
         if idx.numel() < n:
             idx = torch.cat([idx, torch.randint(len(pool), (n - idx.numel(),), generator=gen)])
         return pool.x[idx].clone().float()
-    raise ConfigError(f"fingerprint.start: must be 'noise' or 'real', got '{start}'")
+    raise ConfigError(f"fingerprint.start: must be one of {', '.join(START_KINDS)}, got '{start}'")
 
 
 @register_method("ipguard")
@@ -113,8 +127,8 @@ def ipguard(
 ) -> FingerprintSet:
     """Points near the owner's boundary, found with Adam on the IPGuard loss (DESIGN §1).
 
-    From x0 (noise or a real image) with owner label i and target j (random among the others,
-    or least likely), minimise ReLU(g_i - g_j + k) + ReLU(max_{t≠i,j} g_t - g_i). At loss 0
+    From x0 (noise, a real image, or a held-out image the owner misclassifies: ``start``) with
+    owner label i and target j (random among the others, or least likely), minimise ReLU(g_i - g_j + k) + ReLU(max_{t≠i,j} g_t - g_i). At loss 0
     the owner says j with i runner-up, k logits past the i/j boundary. All points run as one
     batch; a point leaves the gradient work as soon as its loss is 0, and keeps its own Adam
     moments (a per-point Adam, identical to ``torch.optim.Adam`` on that point alone).
@@ -130,7 +144,10 @@ def ipguard(
     gen = torch.Generator().manual_seed(seed)
     # Random draws on the CPU generator, work on the model's device: same points on any device.
     device = next(model.parameters()).device
-    x = _starts(pool, n, input_shape, start, gen).to(device)
+    if start not in START_KINDS:
+        raise ConfigError(f"fingerprint.start: must be one of {', '.join(START_KINDS)}, got '{start}'")
+    x = _starts(pool, n, input_shape, start, gen, model).to(device)
+    n = x.shape[0]
     with torch.no_grad():
         logits0 = torch.cat([model(x[s : s + 1024]) for s in range(0, n, 1024)])
     i = logits0.argmax(1)
@@ -256,9 +273,6 @@ def akh(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes
     The strong trivial baseline of the QuRD paper (AAAI 2025): a model's own mistakes are
     idiosyncratic. Yields fewer than ``n`` points when the owner makes fewer mistakes.
     """
-    wrong = (predict(model, pool.x) != pool.y).nonzero().squeeze(1)
-    if wrong.numel() == 0:
-        raise ConfigError("fingerprint.akh: the owner misclassifies none of the pool; use a larger pool")
-    mistakes = Split(pool.x[wrong], pool.y[wrong])
+    mistakes = _owner_mistakes(model, pool, "akh")
     picked = _pick(mistakes, n, torch.Generator().manual_seed(seed), "akh")
-    return FingerprintSet(inputs=picked.x, labels=predict(model, picked.x), extra={"available": float(wrong.numel())})
+    return FingerprintSet(inputs=picked.x, labels=predict(model, picked.x), extra={"available": float(len(mistakes))})
