@@ -62,10 +62,12 @@ def estimate(measured: dict, experiment: str) -> dict:
         if spec.source == "train":
             rows.append((name, spec.arch, cfg.epochs * split[spec.data] / rate[spec.arch]))
     for key, entry in params.postprocess.items():
-        if "epochs" in entry:
+        # A student's epochs: its own, else those of the recipe it takes (`training: ${training}`).
+        epochs = entry.get("epochs") or (entry.get("training") or {}).get("epochs")
+        if epochs:
             arch = entry.get("student_arch") or params.model.arch
             data = split[entry.get("data", "owner")]
-            rows.append((key, arch, entry["epochs"] * data / rate.get(arch, rate[params.model.arch])))
+            rows.append((key, arch, epochs * data / rate.get(arch, rate[params.model.arch])))
     total = sum(s for _, _, s in rows)
     by_arch: dict[str, float] = {}
     for _, arch, s in rows:
