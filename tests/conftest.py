@@ -40,6 +40,7 @@ def shrink(cfg: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
         entry["n"] = 30
     cfg["fingerprint"]["ipguard"]["max_iter"] = 200
     cfg["effects"] = {"methods": ["ipguard"], "k": [0.3, 3.0], "n": [10, 20]}
+    cfg["evaluate"]["combine"] = ["ipguard", "akh"]
     cfg["experiment"]["name"] = "tiny"
     cfg["tracking"]["uri"] = tracking_uri
     return cfg
@@ -92,6 +93,9 @@ def run_tiny(cfg: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch,
     from ipguard.config import params_from_dict
 
     cfg["effects"] = {"methods": ["ipguard"], "k": [1.0], "n": [effects_n]}
+    # The combined verdict over the sets the test kept (none when fewer than two are left).
+    kept = [m for m in cfg["evaluate"].get("combine", []) if m in cfg["fingerprint"]]
+    cfg["evaluate"]["combine"] = kept if len(kept) >= 2 else []
     cfg["tracking"]["enabled"] = False
     params = params_from_dict(cfg)
     (folder / "params.yaml").write_text(yaml.safe_dump(cfg))

@@ -191,3 +191,21 @@ def test_bad_split_or_bootstrap_settings_name_the_key(composed: dict, section: s
     cfg["evaluate"][section][key] = value
     with pytest.raises(ConfigError, match=rf"evaluate\.{section}\.{key}"):
         check_evaluate(params_from_dict(cfg))
+
+
+@pytest.mark.parametrize(("combine", "message"), [(["ipguard", "akk"], "'akk' is not a fingerprint entry"),
+                                                  (["ipguard"], "two or more different"),
+                                                  (["akh", "akh"], "two or more different")])
+def test_bad_combination_names_the_key(composed: dict, combine: list[str], message: str) -> None:
+    import copy
+
+    from ipguard.config import params_from_dict
+    from ipguard.errors import ConfigError
+    from ipguard.stages.suspects import check_evaluate
+
+    cfg = copy.deepcopy(composed)
+    cfg["evaluate"]["combine"] = combine
+    with pytest.raises(ConfigError, match=rf"evaluate\.combine: .*{message}"):
+        check_evaluate(params_from_dict(cfg))
+    cfg["evaluate"]["combine"] = []
+    check_evaluate(params_from_dict(cfg))

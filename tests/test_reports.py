@@ -70,3 +70,42 @@ def test_effects_choose_on_dev_and_report_test(workspace: Path) -> None:
     assert "## Chosen on dev, measured on test" in text and "## Dev part: every setting" in text
     curve = pd.read_csv(out / "plots/effects_k/ipguard.csv")
     assert list(curve["k"]) == [0.3, 3.0] and "ARUC dev" in curve and "ARUC test" in curve
+
+
+def test_the_combined_verdict_is_bonferroni_over_its_sets(workspace: Path) -> None:
+    """evaluate.combine (issue 11): one verdict per suspect from several sets, min(1, M x min p)."""
+    from ipguard.stats import Assessment, combine_assessments
+
+    out = workspace / "reports/tiny"
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    combined = verdicts[verdicts["method"] == "combined"].set_index("suspect")
+    singles = verdicts[verdicts["method"].isin(["ipguard", "akh"])]
+    assert set(combined.index) == set(singles["suspect"])
+    for suspect, df in singles.groupby("suspect"):
+        per = {r["method"]: Assessment(r["p_value"], r["verdict"], r["reason"]) for _, r in df.iterrows()}
+        expected = combine_assessments(per, 0.01)
+        assert combined.at[suspect, "p_value"] == pytest.approx(min(1.0, 2 * df["p_value"].min()), rel=1e-5)  # csv: 6 digits
+        assert combined.at[suspect, "verdict"] == expected.verdict
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["combined"]["methods"] == ["ipguard", "akh"]
+    test = combined[combined["part"] == "test"]
+    assert metrics["combined"]["positives_called_pirated"] == pytest.approx((test[test["kind"] == "positive"]["verdict"] == "pirated").mean())
+    assert "aruc" not in metrics["combined"]["overall"] and 0.0 <= metrics["combined"]["overall"]["auc"] <= 1.0
+    assert "## Combined fingerprint (test part): ipguard, akh" in (out / "report.md").read_text()
+
+
+def test_index_gives_the_wall_time_of_a_recorded_run_and_the_combined_row(workspace: Path, tmp_path: Path) -> None:
+    import shutil
+
+    reports = tmp_path / "reports"
+    shutil.copytree(workspace / "reports", reports)
+    row = next(line for line in build(reports).splitlines() if line.startswith("| tiny |"))
+    assert row.rstrip().endswith("| – |")  # no run.json: no wall time
+    (reports / "tiny" / "run.json").write_text(json.dumps(
+        {"wall_seconds": 5400.0, "command": "dvc exp run -S experiment=tiny", "commit": "abc1234", "machine": "2 CPU cores",
+         "note": "Measured on quiet cores."}))
+    text = build(reports)
+    assert "| 90.0 min |" in text
+    assert "`tiny`: dvc exp run -S experiment=tiny at abc1234 on 2 CPU cores, 90.0 min. Measured on quiet cores." in text
+    auc = json.loads((reports / "tiny" / "metrics.json").read_text())["combined"]["overall"]["auc"]
+    assert any(line.startswith("| combined |") and f"{auc:.3f}" in line for line in text.splitlines())

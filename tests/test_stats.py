@@ -170,3 +170,24 @@ def test_report_judges_each_negative_without_it_and_the_rest_with_all() -> None:
     assert by.at["copy", "verdict"] == "pirated" and by.at["owner", "verdict"] == "pirated"
     assert set(verdicts["verdict"]) <= {"pirated", "independent", "inconclusive"}
     assert (verdicts["reason"].str.len() > 0).all()
+
+
+def test_combined_verdict_pays_for_the_number_of_sets() -> None:
+    from ipguard.stats import Assessment, combine_assessments
+
+    ind = Assessment(0.4, "independent", "")
+    strong = Assessment(0.001, "pirated", "")
+    weak = Assessment(0.008, "pirated", "")  # pirated alone, not after x 3
+    a = combine_assessments({"a": strong, "b": ind, "c": ind}, 0.01)
+    assert a.verdict == "pirated" and a.p_value == pytest.approx(0.003) and a.reason.startswith("a: p = 0.001")
+    b = combine_assessments({"a": weak, "b": ind, "c": ind}, 0.01)
+    assert b.verdict == "inconclusive" and b.p_value == pytest.approx(0.024) and "x 3 sets = 0.024 > 0.01" in b.reason
+    c = combine_assessments({"a": ind, "b": ind}, 0.01)
+    assert c.verdict == "independent" and c.p_value == pytest.approx(0.8)
+    d = combine_assessments({"a": ind, "b": Assessment(math.nan, "inconclusive", "no other negative")}, 0.01)
+    assert d.verdict == "inconclusive" and d.p_value == pytest.approx(0.8) and "b: inconclusive" in d.reason
+    # A p below the level without the set's own "pirated" (a negative matches as much) stays short of pirated.
+    e = combine_assessments({"a": Assessment(0.0001, "inconclusive", "a negative matches as much"), "b": ind}, 0.01)
+    assert e.verdict == "inconclusive"
+    with pytest.raises(ValueError, match="at least one"):
+        combine_assessments({}, 0.01)

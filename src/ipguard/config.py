@@ -124,6 +124,7 @@ class EvaluateCfg:
     batch_size: int = 512
     split: SplitCfg = field(default_factory=SplitCfg)
     bootstrap: BootstrapCfg = field(default_factory=BootstrapCfg)
+    combine: list[str] = field(default_factory=list)  # fingerprint entries given one combined verdict; []: none
 
 
 @dataclass

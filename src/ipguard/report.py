@@ -11,7 +11,7 @@ import pandas as pd
 
 from ipguard.config import BootstrapCfg, SplitCfg
 from ipguard.evaluate import bootstrap_intervals, robustness, roc_curve, summarize, tpr_label, uniqueness
-from ipguard.stats import Assessment, Calibration, assess, fit_calibration, leave_one_out
+from ipguard.stats import Assessment, Calibration, assess, combine_assessments, fit_calibration, leave_one_out
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
 
@@ -84,6 +84,64 @@ def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, di
                 a = Assessment(float("nan"), "inconclusive", "no other negative to calibrate on")
             rows.append({**row.to_dict(), "p_value": a.p_value, "verdict": a.verdict, "reason": a.reason})
     return pd.DataFrame(rows), calibrations
+
+
+COMBINED = "combined"
+SUSPECT_COLUMNS = ("suspect", "kind", "part", "family", "arch", "storage", "lineage", "test_accuracy")
+
+
+def combined_verdicts(verdicts: pd.DataFrame, methods: list[str], level: float) -> pd.DataFrame:
+    """One row per suspect (``method`` = ``combined``): the verdict of :func:`combine_assessments`
+    over the rows of ``methods``, and its p-value. Negatives combine their leave-one-out verdicts,
+    so the share of them called pirated stays an honest false-positive rate."""
+    rows = []
+    chosen = verdicts[verdicts["method"].isin(methods)]
+    for _, df in chosen.groupby("suspect", sort=False):
+        per = {str(r["method"]): Assessment(float(r["p_value"]), str(r["verdict"]), str(r["reason"])) for _, r in df.iterrows()}
+        a = combine_assessments(per, level)
+        first = df.iloc[0]
+        rows.append({**{c: first[c] for c in SUSPECT_COLUMNS if c in df.columns}, "method": COMBINED,
+                     "p_value": a.p_value, "verdict": a.verdict, "reason": a.reason})
+    return pd.DataFrame(rows)
+
+
+def combined_metrics(combined: pd.DataFrame, max_fpr: float, part: str | None = "test",
+                     bootstrap: BootstrapCfg | None = None) -> dict[str, Any]:
+    """AUC and TPR at ``max_fpr`` of the combined verdict's score 1 - p, overall and per family,
+    and its verdict shares, on the suspects of ``part``. No ARUC: the score is not a matching rate."""
+    df = in_part(combined, part).assign(score=lambda d: 1.0 - d["p_value"].fillna(1.0))
+    pos, neg = split_kinds(df)
+    out: dict[str, Any] = {**verdict_shares(df)}
+    if len(pos) and len(neg):
+        drop = {"aruc", "aruc_lo", "aruc_hi", "min_positive_mr", "max_negative_mr"}
+        out["overall"] = {k: v for k, v in _summary(pos["score"], neg["score"], max_fpr, bootstrap).items() if k not in drop}
+        out["families"] = {family: {k: v for k, v in _summary(fam["score"], neg["score"], max_fpr, bootstrap).items() if k not in drop}
+                           for family, fam in pos.groupby("family", sort=False)}
+    return out
+
+
+def combined_section(combined: Mapping[str, Any], methods: list[str], metrics: Mapping[str, Mapping[str, Any]], fpr_label: str) -> str:
+    """Markdown: the combined verdict against the best single method of the combination, per family."""
+    lines = [f"\n## Combined fingerprint (test part): {', '.join(methods)}\n",
+             f"One verdict from the {len(methods)} sets: Bonferroni's min(1, {len(methods)} x min p) (valid whatever "
+             "the dependence between the sets), pirated only where a set that says pirated keeps p at most the level "
+             "after the factor. Its score for AUC and TPR is 1 - p (no ARUC: not a matching rate); negatives "
+             "combine their leave-one-out verdicts. Best single = the highest AUC among the combined sets.\n"]
+    rows = []
+    families = ["overall", *combined.get("families", {})]
+    for family in families:
+        c = combined.get("overall", {}) if family == "overall" else combined["families"][family]
+        singles = {m: (metrics[m].get("overall", {}) if family == "overall" else metrics[m].get("families", {}).get(family, {})).get("auc")
+                   for m in methods if m in metrics}
+        singles = {m: v for m, v in singles.items() if v is not None}
+        best = max(singles, key=lambda m: singles[m]) if singles else None
+        rows.append({"family": family, "AUC combined": with_interval(c, "auc"), fpr_label: with_interval(c, "tpr_at_fpr"),
+                     "best single": best, "AUC best single": singles.get(best) if best else None,
+                     "combined >= best": (c.get("auc", float("nan")) >= singles[best]) if best else None})
+    lines.append(md_table(rows))
+    shares = {k.replace("_", " "): v for k, v in combined.items() if k.startswith(("positives_", "negatives_"))}
+    lines.append("\nVerdict shares of the combination (test part): " + ", ".join(f"{k} {v:.3g}" for k, v in shares.items()) + ".\n")
+    return "\n".join(lines)
 
 
 def verdict_shares(verdicts: pd.DataFrame) -> dict[str, float]:
@@ -201,6 +259,7 @@ def markdown_report(
     experiment: str, description: str, max_fpr: float,
     verdicts: pd.DataFrame | None = None, calibrations: Mapping[str, Calibration] | None = None, level: float = 0.01,
     split: SplitCfg | None = None, bootstrap: BootstrapCfg | None = None,
+    combined: Mapping[str, Any] | None = None, combined_methods: list[str] | None = None,
 ) -> str:
     """The experiment's report: the dev/test parts, headline metrics with intervals, per-family
     metrics, verdict shares (test part), matching rates, p-values and accuracies of every
@@ -276,6 +335,8 @@ def markdown_report(
                          "max p positives": float(pos["p_value"].max()) if len(pos) else None,
                          "min p negatives": float(neg["p_value"].min()) if len(neg) else None})
         parts.append(md_table(rows))
+    if combined and combined_methods:
+        parts.append(combined_section(combined, combined_methods, metrics, fpr_label))
     parts.append("\n## Matching rate of every suspect\n")
     wide = table.pivot_table(index="suspect", columns="method", values="matching_rate", sort=False)
     info = table.drop_duplicates("suspect").set_index("suspect")

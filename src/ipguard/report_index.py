@@ -1,7 +1,10 @@
 """``python -m ipguard.report_index``: gather every experiment's headline numbers into reports/README.md.
 
 Each ``reports/<experiment>/metrics.json`` (written by the pipeline's evaluate stage) gives one
-column group; the page says how to regenerate each experiment.
+column group; the page says how to regenerate each experiment, and how long its last full run
+took where ``reports/<experiment>/run.json`` records it (``wall_seconds``, ``command``,
+``commit``, ``machine``, ``note``: written by whoever ran it, since no stage can time the whole
+pipeline it is part of).
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ def build(reports: Path) -> str:
              "Regenerate this page with `python -m ipguard.report_index`.\n"]
     metrics = {exp: json.loads((reports / exp / "metrics.json").read_text()) for exp in experiments}
     rows = []
+    runs = {}
     for exp in experiments:
         cmd = COMMANDS.get(exp, f"dvc exp run -S experiment={exp}")
         split = metrics[exp].get("split", {})
+        run_file = reports / exp / "run.json"
+        runs[exp] = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        wall = runs[exp].get("wall_seconds")
         rows.append({"experiment": exp, "regenerate": f"`{cmd}`", "report": f"[{exp}/report.md]({exp}/report.md)",
                      "test part (P / N)": f"{split['test_positives']} / {split['test_negatives']}" if split else "all suspects",
-                     "dev part (P / N)": f"{split['dev_positives']} / {split['dev_negatives']}" if split else "–"})
+                     "dev part (P / N)": f"{split['dev_positives']} / {split['dev_negatives']}" if split else "–",
+                     "last full run": f"{wall / 60:.1f} min" if wall else "–"})
     parts.append(md_table(rows))
+    for exp, run in runs.items():
+        if run:
+            parts.append(f"\n`{exp}`: {run.get('command', '')} at {run.get('commit', '?')} on {run.get('machine', '?')}, "
+                         f"{run['wall_seconds'] / 60:.1f} min. {run.get('note', '')}".rstrip() + "\n")
     missing = sorted({p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")} - set(experiments) - {"tiny"})
     if missing:
         parts.append("\nNot measured here (no results yet): " + ", ".join(f"`{m}`" for m in missing) +
@@ -44,7 +56,9 @@ def build(reports: Path) -> str:
            "`tpr_fpr_bound` in metrics.json)")
     for metric, label in (("aruc", "ARUC"), ("auc", "ROC AUC"), ("tpr_at_fpr", tpr)):
         parts.append(f"\n## {label} per fingerprint method and experiment (test part, [95% bootstrap interval])\n")
-        data = {exp: metrics[exp]["methods"] for exp in experiments}
+        # The combined verdict (evaluate.combine) is a row of its own; it has no ARUC.
+        data = {exp: {**metrics[exp]["methods"], **({"combined": metrics[exp]["combined"]} if "combined" in metrics[exp] else {})}
+                for exp in experiments}
         methods = list(dict.fromkeys(m for exp in experiments for m in data[exp]))
         table = [{"method": m, **{exp: with_interval(data[exp].get(m, {}).get("overall", {}), metric) for exp in experiments}}
                  for m in methods]

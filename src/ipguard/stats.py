@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -377,3 +377,33 @@ def leave_one_out_p_values(matches: Sequence[int], n: int, level: float = 0.01,
                            nuisance: float = DEFAULT_NUISANCE) -> list[float]:
     """Each negative's p-value under a calibration fitted on the other negatives (NaN if none is left)."""
     return [a.p_value if a is not None else math.nan for a in leave_one_out(matches, n, level, nuisance)]
+
+
+def combine_assessments(assessments: Mapping[str, Assessment], level: float) -> Assessment:
+    """One verdict on a suspect from the verdicts of several fingerprint sets of the same owner.
+
+    The combined p-value is Bonferroni's min(1, M × min p) over the M sets: valid whatever the
+    dependence between the sets' p-values (one suspect answers all of them, so they are far from
+    independent), at the price of a factor M. ``pirated`` needs one set whose own verdict is
+    ``pirated`` (its p-value at most the level, more matches than every negative) with M × p at
+    most the level; ``independent`` needs every set to say ``independent``; anything else is
+    ``inconclusive``, with the reason. Sets whose p-value is NaN (no calibration) count in M but
+    cannot make the verdict ``pirated``.
+    """
+    if not assessments:
+        raise ValueError("combine_assessments: need at least one fingerprint set's assessment")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: must lie in (0, 1), got {level}")
+    m = len(assessments)
+    finite = {k: a for k, a in assessments.items() if math.isfinite(a.p_value)}
+    p = min(1.0, m * min(a.p_value for a in finite.values())) if finite else math.nan
+    pirated = sorted((a.p_value, k) for k, a in finite.items() if a.verdict == "pirated" and m * a.p_value <= level)
+    if pirated:
+        p_min, key = pirated[0]
+        return Assessment(p, "pirated", f"{key}: p = {p_min:.3g}, x {m} sets = {m * p_min:.3g} <= {level:g}")
+    if all(a.verdict == "independent" for a in assessments.values()):
+        return Assessment(p, "independent", f"every one of the {m} sets says independent")
+    open_ = [f"{k}: {a.verdict}" + (f" (p = {a.p_value:.3g}, x {m} sets = {m * a.p_value:.3g} > {level:g})"
+                                     if a.verdict == "pirated" else "")
+             for k, a in assessments.items() if a.verdict != "independent"]
+    return Assessment(p, "inconclusive", "; ".join(open_))

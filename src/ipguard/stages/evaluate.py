@@ -19,7 +19,17 @@ import pandas as pd
 from ipguard.config import Params
 from ipguard.errors import IpguardError
 from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
-from ipguard.report import calibrate_table, in_part, markdown_report, method_metrics, plot_figures, plot_tables, verdict_shares
+from ipguard.report import (
+    calibrate_table,
+    combined_metrics,
+    combined_verdicts,
+    in_part,
+    markdown_report,
+    method_metrics,
+    plot_figures,
+    plot_tables,
+    verdict_shares,
+)
 from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
 from ipguard.stages.suspects import check_evaluate
 from ipguard.tracking import stage_run
@@ -54,6 +64,12 @@ def evaluate(params: Params, key: str | None = None) -> None:
         metrics[method].update(verdict_shares(v))
         inputs, labels, meta = load_fingerprint_file(fingerprint_path(method))
         save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()})
+    combined = None
+    if cfg.combine:
+        # One verdict from several sets (issue 11): rows `combined` in verdicts.csv, its own metrics.
+        rows = combined_verdicts(verdicts, list(cfg.combine), level)
+        combined = {"methods": list(cfg.combine), **combined_metrics(rows, max_fpr, "test", cfg.bootstrap)}
+        verdicts = pd.concat([verdicts, rows], ignore_index=True)
     costs = {}
     for method in table["method"].unique():
         cost_file = fingerprint_path(method).with_suffix(".json")
@@ -63,12 +79,14 @@ def evaluate(params: Params, key: str | None = None) -> None:
     split = {"dev_fraction": cfg.split.dev_fraction, "seed": cfg.split.seed,
              **{f"{part}_{kind}s": int(((info["part"] == part) & (info["kind"] == kind)).sum())
                 for part in ("dev", "test") for kind in ("positive", "negative")}}
-    write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "split": split, "methods": metrics})
+    write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "split": split, "methods": metrics,
+                                      **({"combined": combined} if combined else {})})
     # Seconds vary between runs, so the cost is kept apart from the (deterministic) metrics.
     write_json(out / "generation_cost.json", {m: c.get("stats", {}) for m, c in costs.items()})
     write_text(out / "verdicts.csv", _csv(verdicts))
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
-                                                  max_fpr, verdicts, calibrations, level, cfg.split, cfg.bootstrap))
+                                                  max_fpr, verdicts, calibrations, level, cfg.split, cfg.bootstrap,
+                                                  combined, list(cfg.combine)))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
     for sub, tables in plot_tables(test).items():
         shutil.rmtree(out / "plots" / sub, ignore_errors=True)
@@ -84,6 +102,8 @@ def evaluate(params: Params, key: str | None = None) -> None:
                 run.log_metrics({f"{method}.{k}": v for k, v in m["overall"].items()})
                 for family, f in m.get("families", {}).items():
                     run.log_metrics({f"{method}.{family}.{k}": v for k, v in f.items() if k in {"aruc", "auc", "tpr_at_fpr"}})
+        if combined and "overall" in combined:
+            run.log_metrics({f"combined.{k}": v for k, v in combined["overall"].items()})
         for path in [out / "metrics.json", out / "report.md", out / "verdicts.csv", source, *figures]:
             run.log_artifact(path)
         run.log_artifact(out / "plots", "plots")

@@ -21,6 +21,11 @@ def check_evaluate(params: Params) -> None:
         raise ConfigError(f"evaluate.bootstrap.confidence: must lie in (0, 1), got {ev.bootstrap.confidence}")
     if not 0.0 <= ev.max_fpr <= 1.0:
         raise ConfigError(f"evaluate.max_fpr: must lie in [0, 1], got {ev.max_fpr}")
+    unknown = [m for m in ev.combine if m not in params.fingerprint]
+    if unknown:
+        raise ConfigError(f"evaluate.combine: '{unknown[0]}' is not a fingerprint entry (entries: {', '.join(params.fingerprint)})")
+    if len(ev.combine) == 1 or len(set(ev.combine)) != len(ev.combine):
+        raise ConfigError(f"evaluate.combine: name two or more different fingerprint entries (or none), got {list(ev.combine)}")
 
 
 def suspect_parts(params: Params, suspects: list[tuple[str, str, str]]) -> dict[str, str]:
