@@ -144,8 +144,6 @@ def ipguard(
     gen = torch.Generator().manual_seed(seed)
     # Random draws on the CPU generator, work on the model's device: same points on any device.
     device = next(model.parameters()).device
-    if start not in START_KINDS:
-        raise ConfigError(f"fingerprint.start: must be one of {', '.join(START_KINDS)}, got '{start}'")
     x = _starts(pool, n, input_shape, start, gen, model).to(device)
     n = x.shape[0]
     with torch.no_grad():

@@ -111,12 +111,15 @@ def combined_metrics(combined: pd.DataFrame, max_fpr: float, part: str | None = 
     and its verdict shares, on the suspects of ``part``. No ARUC: the score is not a matching rate."""
     df = in_part(combined, part).assign(score=lambda d: 1.0 - d["p_value"].fillna(1.0))
     pos, neg = split_kinds(df)
+    drop = {"aruc", "aruc_lo", "aruc_hi", "min_positive_mr", "max_negative_mr"}
+
+    def summary(p: pd.Series) -> dict[str, float]:
+        return {k: v for k, v in _summary(p, neg["score"], max_fpr, bootstrap).items() if k not in drop}
+
     out: dict[str, Any] = {**verdict_shares(df)}
     if len(pos) and len(neg):
-        drop = {"aruc", "aruc_lo", "aruc_hi", "min_positive_mr", "max_negative_mr"}
-        out["overall"] = {k: v for k, v in _summary(pos["score"], neg["score"], max_fpr, bootstrap).items() if k not in drop}
-        out["families"] = {family: {k: v for k, v in _summary(fam["score"], neg["score"], max_fpr, bootstrap).items() if k not in drop}
-                           for family, fam in pos.groupby("family", sort=False)}
+        out["overall"] = summary(pos["score"])
+        out["families"] = {family: summary(fam["score"]) for family, fam in pos.groupby("family", sort=False)}
     return out
 
 
@@ -138,9 +141,7 @@ def combined_section(combined: Mapping[str, Any], methods: list[str], metrics: M
         rows.append({"family": family, "AUC combined": with_interval(c, "auc"), fpr_label: with_interval(c, "tpr_at_fpr"),
                      "best single": best, "AUC best single": singles.get(best) if best else None,
                      "combined >= best": (c.get("auc", float("nan")) >= singles[best]) if best else None})
-    lines.append(md_table(rows))
-    shares = {k.replace("_", " "): v for k, v in combined.items() if k.startswith(("positives_", "negatives_"))}
-    lines.append("\nVerdict shares of the combination (test part): " + ", ".join(f"{k} {v:.3g}" for k, v in shares.items()) + ".\n")
+    lines.append(md_table(rows))  # its verdict shares are the `combined` row of the verdicts table
     return "\n".join(lines)
 
 
