@@ -1,4 +1,4 @@
-"""dvc.yaml names every module a stage runs: a change to any of them reruns the stage.
+"""The pipelines (dvc.yaml and pipelines/*/dvc.yaml) name every module a stage runs: a change to any of them reruns the stage.
 
 A stage that misses one of its modules in ``deps`` is not rerun when that module changes, and
 its outputs (and every number in the reports) silently come from the old code. The test reads
@@ -70,10 +70,30 @@ def import_closure(*modules: str) -> set[Path]:
     return seen
 
 
+def pipeline_files() -> list[Path]:
+    """The root dvc.yaml and the per-model and per-set pipelines beside it (see its header)."""
+    return [ROOT / "dvc.yaml", *sorted((ROOT / "pipelines").glob("*/dvc.yaml"))]
+
+
 def stages() -> dict[str, dict[str, Any]]:
-    """dvc.yaml's stages; a ``foreach`` stage by its ``do`` template (its deps are the same per key)."""
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    return {name: stage.get("do", stage) for name, stage in spec["stages"].items()}
+    """Every pipeline's stages; a ``foreach`` stage by its ``do`` template (its deps are the same per key)."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in pipeline_files():
+        for name, stage in yaml.safe_load(path.read_text())["stages"].items():
+            assert name not in found, f"stage '{name}' is defined twice ({path.relative_to(ROOT)})"
+            found[name] = stage.get("do", stage)
+    return found
+
+
+@pytest.mark.parametrize("path", pipeline_files()[1:], ids=lambda p: p.parent.name)
+def test_sub_pipelines_run_from_the_root(path: Path) -> None:
+    """A stage of pipelines/NAME/dvc.yaml names its paths and params as the root's: it runs there,
+    and its templating reads the root params.yaml (which `dvc exp run -S` composes)."""
+    spec = yaml.safe_load(path.read_text())
+    assert [(path.parent / v).resolve() for v in spec.get("vars", [])] == [ROOT / "params.yaml"]
+    for name, stage in spec["stages"].items():
+        wdir = stage.get("do", stage).get("wdir", ".")
+        assert (path.parent / wdir).resolve() == ROOT, f"{path.relative_to(ROOT)}: stage '{name}' runs in {wdir}"
 
 
 def dep_paths(stage: dict[str, Any]) -> list[str]:

@@ -28,6 +28,7 @@ def dvc_project(tiny_params_file: Path) -> Path:
     """A scratch DVC project: this repository's dvc.yaml and code, the tiny params."""
     root = tiny_params_file.parent
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(ROOT / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("dvc.lock"))
     shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
@@ -53,9 +54,11 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    # The foreach stages are in pipelines/NAME/dvc.yaml (see dvc.yaml); DVC names them by file.
     stages = {"prepare", "train_owner", "match", "evaluate", "effects"}
-    stages |= {f"train@{k}" for k in params["zoo"]["models"]} | {f"postprocess@{k}" for k in params["postprocess"]}
-    stages |= {f"fingerprint@{k}" for k in params["fingerprint"]}
+    stages |= {f"pipelines/train/dvc.yaml:train@{k}" for k in params["zoo"]["models"]}
+    stages |= {f"pipelines/postprocess/dvc.yaml:postprocess@{k}" for k in params["postprocess"]}
+    stages |= {f"pipelines/fingerprint/dvc.yaml:fingerprint@{k}" for k in params["fingerprint"]}
     for stage in stages:
         assert f"Running stage '{stage}'" in proc.stdout, stage
     print(f"tiny experiment: dvc repro of {len(stages)} stages took {seconds:.1f} s")
