@@ -2,7 +2,7 @@
 
     python benchmarks/repro.py --out benchmarks/results/repro_digits.json
 
-Clones this repository's HEAD into a scratch folder, builds its environment (`make env`, not
+Clones this repository's HEAD (or ``--rev``) into a scratch folder, builds its environment (`make env`, not
 timed: on a fresh machine it installs the requirements once), then times `dvc repro` there as
 `make repro` runs it. With ``--stage-commands`` it then runs every stage's command alone, in
 the pipeline's order and without DVC, so that the difference is what DVC itself costs: checking
@@ -46,15 +46,17 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage-commands", action="store_true", help="also time the stage commands without DVC")
+    ap.add_argument("--rev", default="HEAD", help="the commit to clone (an earlier one, to compare)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch clone (its path is printed)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     scratch = Path(tempfile.mkdtemp(prefix="ipguard-repro-"))
     clone = scratch / "ipguard"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
         run(["make", "env"], clone, env)
         venv_env = {**env, "PATH": f"{clone / '.venv/bin'}{os.pathsep}{env.get('PATH', '')}", "VIRTUAL_ENV": str(clone / ".venv")}
         seconds, proc = run(["dvc", "repro"], clone, venv_env)
