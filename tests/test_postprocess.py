@@ -9,7 +9,7 @@ import torch
 
 from ipguard.errors import ConfigError
 from ipguard.io import load_model_file, save_model_file
-from ipguard.models import accuracy, build_model, load_model, model_tensors
+from ipguard.models import accuracy, build_model, load_model, model_meta, model_tensors
 from ipguard.postprocess import apply_postprocess, prunable
 from ipguard.stages.common import load_split
 
@@ -89,6 +89,29 @@ def test_float16_computes_in_half_precision(in_workspace: Path) -> None:
     out = half(test.x[:4])
     assert out.dtype == torch.float32
     assert abs(accuracy(owner, test.x, test.y) - accuracy(half, test.x, test.y)) <= 0.03
+
+
+@pytest.mark.parametrize("compute", ["half", "float32"])
+def test_bfloat16_rounds_the_weights_and_survives_the_file(in_workspace: Path, tmp_path: Path, compute: str) -> None:
+    owner, meta = load_model("models/zoo/owner.safetensors")
+    test = load_split("test")
+    q = apply_postprocess("bfloat16", owner, load_split("owner"), seed=0, compute=compute)
+    want = torch.bfloat16 if compute == "half" else torch.float32
+    assert all(p.dtype == want for p in q.net.parameters())
+    weights = [(a, b) for a, b in zip(owner.net.parameters(), q.net.parameters())]
+    # Rounded to an 8-bit significand: changed, by at most half a unit in the last place (2^-8 relative).
+    assert any(not torch.equal(a, b.float()) for a, b in weights)
+    assert all(bool(((a - b.float()).abs() <= a.abs() * 2**-8 + 1e-30).all()) for a, b in weights)
+    assert abs(accuracy(owner, test.x, test.y) - accuracy(q, test.x, test.y)) <= 0.03
+    qmeta = model_meta(q, meta["arch"], meta["arch_kwargs"], meta["num_classes"], meta["input_shape"], role="positive")
+    assert qmeta["storage"] == "bfloat16" and ("compute" in qmeta) == (compute == "float32")
+    path = tmp_path / "bf16.safetensors"
+    save_model_file(path, model_tensors(q), qmeta)
+    tensors, _ = load_model_file(path)
+    assert tensors["classifier.weight"].dtype == torch.bfloat16
+    loaded, _ = load_model(str(path))
+    assert all(p.dtype == want for p in loaded.net.parameters())
+    assert torch.equal(loaded(test.x), q(test.x))
 
 
 def test_unknown_postprocess_is_named(in_workspace: Path) -> None:

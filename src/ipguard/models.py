@@ -288,8 +288,9 @@ class PixelModel(nn.Module):
     """Pixels in [0, 1] → normalise → network → float32 logits.
 
     ``storage`` says how the weights are kept on disk and computed with: ``float32``,
-    ``float16`` (weights and arithmetic in half precision) or ``int8`` (weights quantized per
-    output channel, see :func:`ipguard.io.pack_int8`).
+    ``float16`` or ``bfloat16`` (weights, and arithmetic unless the sidecar says
+    ``compute: float32``, in that 16-bit format) or ``int8`` (weights quantized per output
+    channel, see :func:`ipguard.io.pack_int8`).
     """
 
     def __init__(
@@ -333,11 +334,16 @@ def init_from_data(model: PixelModel, x: torch.Tensor) -> None:
         init(((x[:INIT_IMAGES].to(device) - model.mean) / model.std))
 
 
+# The 16-bit storages: weights kept (and by default computed with) in this floating-point type.
+HALF_STORAGE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def model_tensors(model: PixelModel) -> dict[str, torch.Tensor]:
     """The tensors to store for ``model``, packed as its ``storage`` says."""
     state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
-    if model.storage == "float16":
-        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    if model.storage in HALF_STORAGE:
+        dtype = HALF_STORAGE[model.storage]
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if model.storage == "int8":
         from ipguard.io import pack_int8
 
@@ -358,8 +364,8 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
     model = PixelModel(net, norm["mean"], norm["std"], storage=storage)
     model.arch, model.arch_kwargs = meta["arch"], dict(meta.get("arch_kwargs", {}))
     model.num_classes, model.input_shape = int(meta["num_classes"]), tuple(int(s) for s in meta["input_shape"])
-    if storage == "float16":
-        model.net.half()
+    if storage in HALF_STORAGE:
+        model.net.to(HALF_STORAGE[storage])
     if tensors is not None:
         state = dict(tensors)
         if storage == "int8":
@@ -399,7 +405,7 @@ def model_meta(
             "std": [float(v) for v in model.std.flatten()],
         },
         "storage": model.storage,
-        **({"compute": "float32"} if model.storage == "float16" and model.compute_dtype == torch.float32 else {}),
+        **({"compute": "float32"} if model.storage in HALF_STORAGE and model.compute_dtype == torch.float32 else {}),
         **extra,
     }
 

@@ -20,7 +20,7 @@ from ipguard.config import TrainingCfg
 from ipguard.data import Split
 from ipguard.errors import ConfigError
 from ipguard.io import pack_int8, unpack_int8
-from ipguard.models import PixelModel, get_classifier
+from ipguard.models import HALF_STORAGE, PixelModel, get_classifier
 from ipguard.registry import Registry
 from ipguard.training import check_training, train
 
@@ -192,19 +192,32 @@ def quantize_int8(model: PixelModel, data: Split, seed: int) -> PixelModel:
     return out
 
 
+def _sixteen_bit(model: PixelModel, storage: str, compute: str) -> PixelModel:
+    if compute not in {"half", "float32"}:
+        raise ConfigError(f"{storage}.compute: must be 'half' or 'float32', got '{compute}'")
+    out = copy.deepcopy(model)
+    out.net.to(HALF_STORAGE[storage])
+    if compute == "float32":
+        out.net.float()
+    out.storage = storage
+    return out
+
+
 @register_postprocess("float16")
 def float16(model: PixelModel, data: Split, seed: int, compute: str = "half") -> PixelModel:
     """Half precision: weights stored in float16; arithmetic in float16 too (``compute="half"``),
     or in float32 on the rounded weights (``compute="float32"``: CPUs run half convolutions
     about 15 times slower than float32)."""
-    if compute not in {"half", "float32"}:
-        raise ConfigError(f"float16.compute: must be 'half' or 'float32', got '{compute}'")
-    out = copy.deepcopy(model)
-    out.net.half()
-    if compute == "float32":
-        out.net.float()
-    out.storage = "float16"
-    return out
+    return _sixteen_bit(model, "float16", compute)
+
+
+@register_postprocess("bfloat16")
+def bfloat16(model: PixelModel, data: Split, seed: int, compute: str = "half") -> PixelModel:
+    """bfloat16 (Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning Training"): weights
+    stored with float32's range but an 8-bit significand, the format accelerators and many
+    deployed models use; a coarser rounding of every weight than float16's. Arithmetic in
+    bfloat16 (``compute="half"``) or in float32 on the rounded weights (``compute="float32"``)."""
+    return _sixteen_bit(model, "bfloat16", compute)
 
 
 def _student(
