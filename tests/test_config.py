@@ -107,3 +107,14 @@ def test_experiment_overlays_override_the_primary_config(tmp_path: Path) -> None
     )
     data = yaml.safe_load(compose_yaml(["experiment=stricter"], config_dir=conf))
     assert data["evaluate"]["level"] == 0.001 and data["experiment"]["name"] == "stricter"
+
+
+@pytest.mark.parametrize("group_file", sorted(p.name for p in (ROOT / "conf" / "postprocess").glob("*.yaml")))
+def test_every_postprocess_entry_names_a_registered_method_with_keys_it_takes(group_file: str) -> None:
+    from ipguard.postprocess import RESERVED_KEYS, check_postprocess
+
+    entries = yaml.safe_load((ROOT / "conf" / "postprocess" / group_file).read_text())
+    assert entries, group_file
+    for key, entry in entries.items():
+        kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
+        check_postprocess(entry["method"], kwargs, f"{group_file}:{key}")

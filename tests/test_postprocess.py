@@ -199,6 +199,29 @@ def test_adversarial_extraction_learns_the_owner_and_checks_its_keys(in_workspac
         apply_postprocess("extract_adv", owner, other, seed=0, steps=0)
     with pytest.raises(ConfigError, match="extract_adv.label_smoothing"):
         apply_postprocess("extract_adv", owner, other, seed=0, training={"label_smoothing": 2.0})
+    with pytest.raises(ConfigError, match="extract_adv.attack_labels"):
+        apply_postprocess("extract_adv", owner, other, seed=0, attack_labels="true")
+    with pytest.raises(ConfigError, match="extract_adv.adversarial_fraction"):
+        apply_postprocess("extract_adv", owner, other, seed=0, adversarial_fraction=0.0)
+
+
+def test_adversarial_batch_attacks_the_models_own_labels_and_keeps_the_clean_part() -> None:
+    from ipguard.postprocess import adversarial_batch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).train()
+    x = torch.rand(8, 3, 2, 2)
+    predicted = net(x).argmax(1)
+    other = (predicted + 1) % 3  # labels the model does not give: attacking them lowers their loss
+    loss = torch.nn.functional.cross_entropy
+    kw = dict(eps=0.05, step=0.02, steps=5)
+    adv = adversarial_batch(net, x, other, gen=torch.Generator().manual_seed(0), attack_labels="predicted", fraction=0.5, **kw)
+    assert torch.equal(adv[4:], x[4:])  # the second half stays clean
+    assert float((adv[:4] - x[:4]).abs().max()) <= 0.05 + 1e-6 and adv[:4].ne(x[:4]).any()
+    assert loss(net(adv[:4]), predicted[:4]) > loss(net(x[:4]), predicted[:4])  # pushed off its own labels
+    given = adversarial_batch(net, x, other, gen=torch.Generator().manual_seed(0), attack_labels="owner", **kw)
+    assert loss(net(given), other) > loss(net(x), other)  # pushed off the labels it was given
+    assert net.training and not adv.requires_grad
 
 
 def test_student_recipe_comes_from_training_and_explicit_keys_win() -> None:

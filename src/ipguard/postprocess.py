@@ -326,26 +326,63 @@ def pgd_perturb(
     return adv.detach()
 
 
+ATTACK_LABELS = ("predicted", "owner")
+
+
+def adversarial_batch(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int, gen: torch.Generator,
+    attack_labels: str = "predicted", fraction: float = 1.0,
+) -> torch.Tensor:
+    """The batch an adversarially trained student sees: its first ``fraction`` (at least one image)
+    replaced by :func:`pgd_perturb` examples, the rest left clean. The attack pushes away from
+    ``y`` (``attack_labels="owner"``) or from the model's own labels of the clean images
+    (``"predicted"``), computed in eval mode as the attack sees the model."""
+    m = max(1, round(fraction * x.shape[0]))
+    target = y[:m]
+    if attack_labels == "predicted":
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            target = model(x[:m]).argmax(1)
+        model.train(was_training)
+    return torch.cat([pgd_perturb(model, x[:m], target, eps, step, steps, gen), x[m:]])
+
+
 @register_postprocess("extract_adv")
 def extract_adv(
     model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
     epochs: int | None = None, lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
     training: dict | None = None, train: dict | None = None, eps: float = 8 / 255, step: float = 2 / 255, steps: int = 3,
+    attack_labels: str = "predicted", adversarial_fraction: float = 1.0,
 ) -> PixelModel:
     """Adversarially trained extraction: label-only extraction (:func:`extract`) where the student
     trains on PGD adversarial examples of its own (Madry et al., ICLR 2018) labelled with the
     owner's labels of the clean images. The family that QuRD and IrisFP report boundary
     fingerprints at chance on: adversarial training moves the student's boundary away from the
     owner's. ``eps`` and ``step`` are in pixels of [0, 1]; each step costs ``steps`` extra
-    forward-backward passes."""
+    forward-backward passes.
+
+    ``attack_labels``: the labels the attack pushes away from. ``"predicted"`` (the student's own
+    current labels) avoids *label leaking* (Kurakin, Goodfellow & Bengio, ICLR 2017): a one-step
+    attack on the training label writes that label into the perturbation, and a student that
+    learns to read it fits the adversarial batches while its clean accuracy collapses (an
+    airbench student at eps 8/255: 23 % on clean test images after 3 epochs of 10,000 images,
+    against 55 % with predicted labels). ``"owner"`` attacks the owner's labels, as Madry et al.
+    do with the true ones. ``adversarial_fraction``: the share of each batch replaced by its
+    adversarial examples, the rest staying clean (Kurakin et al. train on half of each).
+    """
     if not 0 < eps <= 1 or not 0 < step <= 1:
         raise ConfigError(f"extract_adv.eps / step: must lie in (0, 1], got {eps} / {step}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"extract_adv.steps: must be an integer >= 1, got {steps!r}")
+    if attack_labels not in ATTACK_LABELS:
+        raise ConfigError(f"extract_adv.attack_labels: must be one of {', '.join(ATTACK_LABELS)}, got {attack_labels!r}")
+    if not 0 < adversarial_fraction <= 1:
+        raise ConfigError(f"extract_adv.adversarial_fraction: must lie in (0, 1], got {adversarial_fraction}")
     cfg = _student_cfg("extract_adv", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
     student = _student(model, seed, student_arch, student_kwargs, data.x)
     labels = _owner_outputs(model, data.x).argmax(1)
     gen = torch.Generator().manual_seed(seed + 0xADF)
     _fit(student, data.x, labels, cfg, seed, desc="extract_adv",
-          perturb=lambda net, xb, yb: pgd_perturb(net, xb, yb, eps, step, steps, gen))
+          perturb=lambda net, xb, yb: adversarial_batch(net, xb, yb, eps, step, steps, gen, attack_labels, adversarial_fraction))
     return student
