@@ -23,7 +23,7 @@ SHARED = ROOT.parent / "shared"
 
 TINY_ZOO = ("cnn_s1_owner", "mlp_s5_other", "lenet_s2_owner")
 TINY_VARIANTS = ("ftll", "rtal", "prune_50", "int8", "float16", "distill_small")
-TINY_METHODS = ("ipguard", "pgd", "akh")
+TINY_METHODS = ("ipguard", "pgd", "akh", "sac_label")
 
 
 def shrink(cfg: dict[str, Any], tracking_uri: str) -> dict[str, Any]:

@@ -457,3 +457,50 @@ def test_shared_cifar_resnets_against_the_public_zoo(tmp_path: Path) -> None:
     assert verdicts["r20"]["verdict"] == "pirated" and verdicts["r20"]["matching_rate"] == 1.0, verdicts["r20"]
     for name in ("r56", "theo_r56", "kejeon_r20"):
         assert verdicts[name]["verdict"] != "pirated", (name, verdicts[name])
+
+
+# ----------------------------------------------------------------------------- SAC (a continuous score)
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Held-out digits (not the owner's first 900) as an ImageFolder of 8x8 PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("heldout")
+    digits = load_digits()
+    for i in range(1200, 1500):
+        folder = root / str(digits.target[i])
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L").save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("method", ["sac", "sac_label"])
+def test_sac_sets_calibrate_and_verify_in_the_right_direction(method: str, zoo: Path, digits_folder: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """SAC's score is a similarity: the copy scores above every independent model and is pirated;
+    a held-out independent model is not; the calibration is the continuous one."""
+    raw = tmp_path / f"{method}.safetensors"
+    made = _json(capsys, ["fingerprint", "--model", str(zoo / "owner.safetensors"), "--method", method, "--n", "40",
+                          "--data", str(digits_folder), "--out", str(raw)])
+    assert made["n"] == 40
+    inputs, labels, meta = load_fingerprint_file(raw)
+    assert meta["score"] == method and inputs.shape == (40, 1, 8, 8)
+    cal = _json(capsys, ["calibrate", "--fingerprints", str(raw), "--negatives", *_negatives(zoo)])
+    assert cal["calibration"]["kind"] == "continuous" and cal["calibration"]["negatives"] == N_NEG - 1
+    scores = [n["matching_rate"] for n in cal["negatives"]]
+    assert all(0.0 <= s < 1.0 for s in scores)
+    calibrated = Path(cal["fingerprints"])
+    # Untrained negatives make a wide null (sac_label: similarities from 0.09 to 0.7), so the copy
+    # is judged at the level 0.05 here; what matters is the direction.
+    copy = _json(capsys, ["verify", "--fingerprints", str(calibrated), "--model", str(zoo / "copy.safetensors"), "--level", "0.05"])
+    assert copy["score"] == method and copy["matches"] is None and copy["n"] == 40
+    assert copy["matching_rate"] > max(scores) and copy["verdict"] == "pirated" and copy["p_value"] <= 0.05, copy
+    other = _json(capsys, ["verify", "--fingerprints", str(calibrated), "--model", str(zoo / f"neg{N_NEG - 1}.safetensors"),
+                           "--level", "0.05"])
+    assert other["verdict"] != "pirated" and other["p_value"] > 0.05, other
+    capsys.readouterr()
+    assert main(["verify", "--fingerprints", str(calibrated), "--model", str(zoo / "copy.safetensors")]) == 0
+    assert f"{method} similarity" in capsys.readouterr().out

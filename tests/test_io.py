@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from ipguard.errors import FingerprintFileError, ModelFileError
-from ipguard.io import load_fingerprint_file, save_fingerprint_file, save_model_file, sha256_file
+from ipguard.io import load_fingerprint_file, load_fingerprint_set, save_fingerprint_file, save_model_file, sha256_file
 from ipguard.models import PixelModel, create_model, load_model, model_meta, model_tensors
 
 
@@ -89,6 +89,37 @@ def test_fingerprint_round_trip_and_tampering(tmp_path: Path) -> None:
         load_fingerprint_file(path, expected_sha256=digest)
     with pytest.raises(FingerprintFileError, match="file not found"):
         load_fingerprint_file(tmp_path / "missing.safetensors")
+
+
+def test_owner_outputs_travel_with_a_sac_set_and_are_checked(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    x, y, out = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,)), torch.randn(6, 10)
+    path = tmp_path / "sac.safetensors"
+    save_fingerprint_file(path, x, y, {"method": "sac", "score": "sac"}, outputs=out)
+    inputs, labels, outputs, meta = load_fingerprint_set(path)
+    assert torch.equal(outputs, out) and meta["score"] == "sac"
+    assert load_fingerprint_file(path)[2]["score"] == "sac"  # the three-part reader still reads it
+    plain = tmp_path / "plain.safetensors"
+    save_fingerprint_file(plain, x, y, {"method": "ipguard"})
+    assert load_fingerprint_set(plain)[2] is None
+    # A sac set without the owner's outputs cannot be scored: refused, not silently matched.
+    bare = tmp_path / "bare.safetensors"
+    save_fingerprint_file(bare, x, y, {"method": "sac", "score": "sac"})
+    with pytest.raises(FingerprintFileError, match="owner's outputs"):
+        load_fingerprint_set(bare)
+    # Outputs edited after the fact (the header kept): the content hash catches it.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    tensors = load_file(str(path))
+    tensors["outputs"] = tensors["outputs"] + 1.0
+    save_file(tensors, str(path), metadata=header)
+    with pytest.raises(FingerprintFileError, match="altered"):
+        load_fingerprint_set(path)
+    with pytest.raises(ValueError, match="differ in length"):
+        save_fingerprint_file(path, x, y, {}, outputs=out[:3])
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:

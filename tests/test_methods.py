@@ -58,3 +58,31 @@ def test_attacks_move_points_within_budget(in_workspace: Path) -> None:
     # Same seed, same images: the perturbation stays inside the L-inf ball.
     assert (fp.inputs - picked.inputs).abs().max() <= 0.1 + 1e-6
     assert fp.extra["flipped_share"] > 0.3
+
+
+def test_sac_queries_are_held_out_images_with_a_corner_square_and_keep_the_owners_logits(in_workspace: Path) -> None:
+    from ipguard.models import logits
+
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    pool = load_pool("test")
+    big = torch.rand(40, 3, 30, 30)  # SAC-m's geometry on a size where the square is 6x6
+    fp = generate("sac", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2700, 10)),
+                  type(pool)(big, torch.zeros(40, dtype=torch.int64)), (3, 30, 30), 10, n=20, query="cutmix", seed=0)
+    assert fp.score == "sac" and fp.outputs is not None and fp.outputs.shape == (20, 10)
+    for x in fp.inputs:
+        # The image it came from: the one it equals outside some 6x6 square near a corner.
+        diff = (big != x).any(1)  # (40, 30, 30): where each pool image differs from the query
+        source = int(diff.flatten(1).sum(1).argmin())
+        ys, xs = diff[source].nonzero(as_tuple=True)
+        if ys.numel():
+            assert ys.max() - ys.min() < 6 and xs.max() - xs.min() < 6
+            # Its centre was drawn in the outer sixth (< 5 or > 25) on both axes; the square's own
+            # middle sits up to a pixel inward (an even side, clipped at the border).
+            cy, cx = float(ys.float().mean()), float(xs.float().mean())
+            assert not (6 < cy < 24) and not (6 < cx < 24), (cy, cx)
+    w = generate("sac", owner, pool, (1, 8, 8), 10, n=12, query="misclassified", seed=0)
+    assert torch.equal(w.outputs, logits(owner, w.inputs)) and torch.equal(w.labels, w.outputs.argmax(1))
+    labels_only = generate("sac_label", owner, pool, (1, 8, 8), 10, n=12, query="cutmix", seed=0)
+    assert labels_only.score == "sac_label" and labels_only.outputs is None
+    with pytest.raises(Exception, match="query"):
+        generate("sac", owner, pool, (1, 8, 8), 10, n=12, query="mixup", seed=0)

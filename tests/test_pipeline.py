@@ -67,8 +67,13 @@ def test_tiny_experiment_runs_every_stage_with_dvc(dvc_project: Path) -> None:
     overall = metrics["methods"]["ipguard"]["overall"]
     assert 0.0 <= overall["aruc"] <= 1.0 and 0.0 <= overall["auc"] <= 1.0
     assert metrics["methods"]["ipguard"]["owner_matching_rate"] == 1.0
+    # SAC's label-only set: a similarity (the owner's is 1), calibrated by the continuous null.
+    assert metrics["methods"]["sac_label"]["owner_matching_rate"] == 1.0
+    assert metrics["methods"]["sac_label"]["calibration"]["kind"] == "continuous"
     # Every reported number is on the test part: its families only (quantization has a copy in each part).
     table = pd.read_csv(report / "matching_rates.csv")
+    assert set(table.loc[table["method"] == "sac_label", "score"]) == {"sac_label"}
+    assert set(table.loc[table["method"] == "ipguard", "score"]) == {"match"}
     test_families = set(table[(table["part"] == "test") & (table["kind"] == "positive")]["family"])
     assert set(metrics["methods"]["ipguard"]["families"]) == test_families and "quantization" in test_families
     assert test_families < {"ftll", "rtal", "prune", "quantization", "distillation"}

@@ -132,8 +132,8 @@ def cmd_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     result = generate(entry["method"], model, pool, shape, classes, where=f"--method {args.method}", **kwargs)
     fmeta = {"name": args.method, "method": entry["method"], "config": entry, "seed": int(entry.get("seed", 0)),
              "owner_sha256": meta["sha256"], "owner": Path(args.model).name, "dataset": args.data or "none",
-             "num_classes": classes, "input_shape": list(shape), "stats": result.stats()}
-    digest = save_fingerprint_file(args.out, result.inputs, result.labels, fmeta)
+             "num_classes": classes, "input_shape": list(shape), "stats": result.stats(), "score": result.score}
+    digest = save_fingerprint_file(args.out, result.inputs, result.labels, fmeta, outputs=result.outputs)
     return {"fingerprints": str(args.out), "sha256": digest, "method": args.method, **result.stats()}
 
 
@@ -168,12 +168,13 @@ def _suspect(c: Candidate, fmeta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return model, meta
 
 
-def _match(model: Any, inputs: Any, labels: Any, path: str) -> Any:
-    from ipguard.verify import match
+def _match(model: Any, inputs: Any, labels: Any, path: str, kind: str = "match", outputs: Any = None) -> Any:
+    """The suspect's :class:`ipguard.verify.Score` on the set (by its ``score`` kind)."""
+    from ipguard.verify import score
 
     try:
-        return match(model, inputs, labels)
-    except RuntimeError as exc:
+        return score(model, inputs, labels, kind, outputs)
+    except (RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{path}: cannot run on the fingerprint points ({str(exc).splitlines()[0][:200]})") from exc
 
 
@@ -226,14 +227,15 @@ def _negative_candidates(args: argparse.Namespace) -> list[tuple[Candidate, str 
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from ipguard.io import load_fingerprint_file, save_fingerprint_file, sha256_file
-    from ipguard.stats import fit_calibration
+    from ipguard.io import load_fingerprint_set, save_fingerprint_file, sha256_file
+    from ipguard.stats import fit_calibration, fit_score_calibration
 
     _level(args)
     out = Path(args.out) if args.out else default_calibrated_path(args.fingerprints)
     if _same_file(out, args.fingerprints):
         raise ConfigError(f"--out: {out} is the input set; calibrate writes a new file and never changes its input")
-    inputs, labels, fmeta = load_fingerprint_file(args.fingerprints)
+    inputs, labels, outputs, fmeta = load_fingerprint_set(args.fingerprints)
+    kind = str(fmeta.get("score", "match"))
     candidates = _negative_candidates(args)
     # Hashes first: refuse the owner and duplicates before loading anything.
     owner = fmeta.get("owner_sha256")
@@ -256,41 +258,48 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     negatives = []
     for cand, _, _ in candidates:
         model, meta = _suspect(cand, fmeta)
-        result = _match(model, inputs, labels, cand.path)
+        result = _match(model, inputs, labels, cand.path, kind, outputs)
         negatives.append({"model": cand.name or Path(cand.path).name, "file": Path(cand.path).name,
-                          "model_sha256": meta["sha256"], "matches": result.matches, "matching_rate": result.matching_rate})
+                          "model_sha256": meta["sha256"], "matches": result.matches, "matching_rate": result.score})
     names = [m["model"] for m in negatives]
     extra = {"models": names} if "models" in inspect.signature(fit_calibration).parameters else {}
     try:
-        cal = fit_calibration([m["matches"] for m in negatives], int(labels.numel()), args.level, **extra)
+        if kind == "match":
+            cal: Any = fit_calibration([m["matches"] for m in negatives], int(labels.numel()), args.level, **extra)
+        else:  # SAC's similarity: a continuous score
+            cal = fit_score_calibration([m["matching_rate"] for m in negatives], args.level, models=names)
     except ValueError as exc:
         raise ConfigError(f"calibrate: {exc}") from exc
     fmeta.pop("sha256", None)
     calibration = {**cal.to_dict(), "negative_models": negatives}
-    digest = save_fingerprint_file(out, inputs, labels, {**fmeta, "calibration": calibration})
+    digest = save_fingerprint_file(out, inputs, labels, {**fmeta, "calibration": calibration}, outputs=outputs)
     return {"fingerprints": str(out), "input": str(args.fingerprints), "sha256": digest,
             "calibration": cal.to_dict(), "negatives": negatives}
 
 
 def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
-    from ipguard.io import load_fingerprint_file
-    from ipguard.stats import Calibration, assess
+    from ipguard.io import load_fingerprint_set
+    from ipguard.stats import Calibration, ScoreCalibration, assess, assess_score
 
     _level(args)
-    inputs, labels, fmeta = load_fingerprint_file(args.fingerprints, args.expect_sha256)
+    inputs, labels, outputs, fmeta = load_fingerprint_set(args.fingerprints, args.expect_sha256)
+    kind = str(fmeta.get("score", "match"))
     if "calibration" not in fmeta:
         raise FingerprintFileError(f"{args.fingerprints}: not calibrated; run `ipguard calibrate` with independent models first")
+    continuous = kind != "match"
+    if continuous != (isinstance(fmeta["calibration"], dict) and fmeta["calibration"].get("kind") == "continuous"):
+        raise FingerprintFileError(f"{args.fingerprints}: its calibration does not fit its score '{kind}'; run calibrate again")
     try:
-        cal = Calibration.from_dict(fmeta["calibration"])
+        cal: Any = (ScoreCalibration if continuous else Calibration).from_dict(fmeta["calibration"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FingerprintFileError(f"{args.fingerprints}: calibrated by an older ipguard; run calibrate again ({exc})") from exc
     level = args.level if args.level is not None else cal.level
     mean, std = _normalization(args.model, args.arch, args.mean, args.std, args.no_normalize)
     model, meta = _suspect(Candidate(args.model, args.arch, dict(args.arch_kwargs or {}), mean, std), fmeta)
-    result = _match(model, inputs, labels, args.model)
-    verdict = assess(result.matches, result.n, cal, level)
+    result = _match(model, inputs, labels, args.model, kind, outputs)
+    verdict = assess_score(result.score, cal, level) if continuous else assess(result.matches, result.n, cal, level)
     return {
-        "matching_rate": result.matching_rate, "matches": result.matches, "n": result.n,
+        "score": kind, "matching_rate": result.score, "matches": result.matches, "n": result.n,
         "p_value": verdict.p_value, "level": level, "verdict": verdict.verdict, "reason": verdict.reason,
         "method": fmeta.get("method"), "fingerprint_sha256": fmeta["sha256"],
         "model_sha256": meta["sha256"], "owner_sha256": fmeta.get("owner_sha256"),
@@ -333,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(run=cmd_calibrate)
 
-    p = sub.add_parser("verify", help="is a suspect a copy of the owner? matching rate, p-value, verdict")
+    p = sub.add_parser("verify", help="is a suspect a copy of the owner? matching rate (or SAC similarity), p-value, verdict")
     p.add_argument("--fingerprints", required=True, help="a calibrated fingerprint set")
     p.add_argument("--model", required=True, help="the suspect: an ipguard model file, or a foreign state dict with --arch")
     _model_args(p)
@@ -348,17 +357,28 @@ def _print_human(verb: str, result: dict[str, Any]) -> None:
     if verb == "verify":
         print(f"verdict: {result['verdict']} (p = {result['p_value']:.3g}, level {result['level']:g})"
               + (f": {result['reason']}" if result.get("reason") else ""))
-        print(f"matching rate: {result['matching_rate']:.3f} ({result['matches']}/{result['n']} points); "
-              f"independent models match {result['null_mean_matching_rate']:.3f} ± {result['null_spread']:.3f} "
-              f"(calibrated on {result['calibration_negatives']}; smallest possible p {result['min_p_value']:.3g})")
+        if result.get("score", "match") == "match":
+            print(f"matching rate: {result['matching_rate']:.3f} ({result['matches']}/{result['n']} points); "
+                  f"independent models match {result['null_mean_matching_rate']:.3f} ± {result['null_spread']:.3f} "
+                  f"(calibrated on {result['calibration_negatives']}; smallest possible p {result['min_p_value']:.3g})")
+        else:
+            print(f"{result['score']} similarity: {result['matching_rate']:.4f} ({result['n']} queries); independent "
+                  f"models score {result['null_mean_matching_rate']:.4f} ± {result['null_spread']:.4f} "
+                  f"(calibrated on {result['calibration_negatives']}; smallest possible p {result['min_p_value']:.3g})")
         print(f"fingerprints sha256 {result['fingerprint_sha256']}; model sha256 {result['model_sha256']}")
     elif verb == "calibrate":
         cal = result["calibration"]
         print(f"calibrated set: {result['fingerprints']} (sha256 {result['sha256']}); {result['input']} unchanged")
-        for neg in result["negatives"]:
-            print(f"  {neg['model']}: matching rate {neg['matching_rate']:.3f} ({neg['matches']}/{cal['n']})")
-        print(f"negatives: {cal['negatives']}; mean matching rate {cal['mean_matching_rate']:.3f}, max "
-              f"{cal['max_matching_rate']:.3f}; level {cal['level']:g}; smallest possible p {cal['min_p_value']:.3g}")
+        if cal.get("kind") == "continuous":
+            for neg in result["negatives"]:
+                print(f"  {neg['model']}: similarity {neg['matching_rate']:.4f}")
+            print(f"negatives: {cal['negatives']}; mean similarity {cal['mean_score']:.4f}, max {cal['max_score']:.4f}; "
+                  f"level {cal['level']:g}; smallest possible p {cal['min_p_value']:.3g}")
+        else:
+            for neg in result["negatives"]:
+                print(f"  {neg['model']}: matching rate {neg['matching_rate']:.3f} ({neg['matches']}/{cal['n']})")
+            print(f"negatives: {cal['negatives']}; mean matching rate {cal['mean_matching_rate']:.3f}, max "
+                  f"{cal['max_matching_rate']:.3f}; level {cal['level']:g}; smallest possible p {cal['min_p_value']:.3g}")
     else:
         for key, value in result.items():
             print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")

@@ -16,6 +16,7 @@ from torch import nn
 
 from ipguard.data import Split
 from ipguard.errors import ConfigError
+from ipguard.models import logits as model_logits
 from ipguard.models import predict
 from ipguard.progress import bar
 from ipguard.registry import Registry
@@ -23,10 +24,18 @@ from ipguard.registry import Registry
 
 @dataclass
 class FingerprintSet:
-    """Points, the owner's labels on them, and what generating them cost."""
+    """Points, the owner's labels on them, and what generating them cost.
+
+    ``score`` says how a suspect is compared with the owner on them (:data:`SCORE_KINDS`):
+    ``match``, the share of points it labels as the owner did; ``sac`` and ``sac_label``, SAC's
+    similarity of the correlations of its outputs or labels (:mod:`ipguard.scores`), for which
+    ``outputs`` holds the owner's logits (``sac``) so that a suspect can be compared without the owner.
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
+    score: str = "match"
+    outputs: torch.Tensor | None = None
     converged: torch.Tensor | None = None
     iterations: torch.Tensor | None = None
     start_labels: torch.Tensor | None = None
@@ -51,6 +60,7 @@ MethodFn = Callable[..., FingerprintSet]
 METHODS: Registry[MethodFn] = Registry("fingerprint method", leading=("model", "pool", "input_shape", "num_classes"))
 register_method = METHODS.register
 RESERVED_KEYS = ("method", "pool")
+SCORE_KINDS = ("match", "sac", "sac_label")
 
 
 def list_methods() -> list[str]:
@@ -274,3 +284,67 @@ def akh(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes
     mistakes = _owner_mistakes(model, pool, "akh")
     picked = _pick(mistakes, n, torch.Generator().manual_seed(seed), "akh")
     return FingerprintSet(inputs=picked.x, labels=predict(model, picked.x), extra={"available": float(len(mistakes))})
+
+
+def _cutmix(pool: Split, n: int, gen: torch.Generator) -> torch.Tensor:
+    """SAC-m's queries: ``n`` held-out images, each with a square from another pasted near a corner.
+
+    After guanjiyang/SAC's ``cut_mix.py``: the square's side is 0.2 of the image's, its centre
+    drawn until it lies within the outer sixth of the image on both axes.
+    """
+    picked = _pick(pool, n, gen, "sac.query=cutmix").x
+    donors = picked[torch.randperm(picked.shape[0], generator=gen)]
+    h, w = picked.shape[-2:]
+    ch, cw = max(1, int(h * 0.2)), max(1, int(w * 0.2))
+    out = picked.clone()
+    for i in range(out.shape[0]):
+        while True:
+            cy, cx = (int(torch.randint(size, (1,), generator=gen)) for size in (h, w))
+            if not (h / 6 < cy < 5 * h / 6 or w / 6 < cx < 5 * w / 6):
+                break
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        out[i, :, y0:y1, x0:x1] = donors[i, :, y0:y1, x0:x1]
+    return out
+
+
+SAC_QUERIES = ("cutmix", "misclassified")
+
+
+def _sac_queries(model: nn.Module, pool: Split, n: int, query: str, seed: int, what: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if query == "cutmix":
+        return _cutmix(pool, n, gen)
+    if query == "misclassified":
+        # SAC-w: each of the owner's mistakes once, so n is an upper bound (as for akh).
+        return _pick(_owner_mistakes(model, pool, f"{what}.query=misclassified"), n, gen, f"{what}.query=misclassified").x
+    raise ConfigError(f"fingerprint.{what}.query: must be one of {', '.join(SAC_QUERIES)}, got '{query}'")
+
+
+@register_method("sac")
+def sac(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100,
+        query: str = "cutmix", seed: int = 0) -> FingerprintSet:
+    """SAC (Guan, Liang & He, "Are You Stealing My Model? Sample Correlation for Fingerprinting
+    Deep Neural Networks", NeurIPS 2022): queries whose pairwise output correlations a copy keeps.
+
+    ``query``: ``cutmix`` (SAC-m: held-out images with a corner square from another) or
+    ``misclassified`` (SAC-w: held-out images the owner gets wrong; fewer than ``n`` when the
+    owner makes fewer mistakes). The set carries the owner's logits; a suspect is scored by
+    :func:`ipguard.scores.sac_similarity` of its own.
+    """
+    x = _sac_queries(model, pool, n, query, seed, "sac")
+    if x.shape[0] < 2:
+        raise ConfigError("fingerprint.sac: needs at least 2 queries (the owner misclassifies fewer)")
+    out = model_logits(model, x)
+    return FingerprintSet(inputs=x, labels=out.argmax(1), score="sac", outputs=out)
+
+
+@register_method("sac_label")
+def sac_label(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_classes: int, n: int = 100,
+              query: str = "cutmix", seed: int = 0) -> FingerprintSet:
+    """SAC on labels only (a suspect behind an API that answers labels): the queries of :func:`sac`,
+    scored by :func:`ipguard.scores.label_pair_similarity` of the suspect's labels to the owner's."""
+    x = _sac_queries(model, pool, n, query, seed, "sac_label")
+    if x.shape[0] < 2:
+        raise ConfigError("fingerprint.sac_label: needs at least 2 queries (the owner misclassifies fewer)")
+    return FingerprintSet(inputs=x, labels=predict(model, x), score="sac_label")

@@ -136,26 +136,32 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 
 def save_fingerprint_file(
-    path: str | os.PathLike[str], inputs: torch.Tensor, labels: torch.Tensor, meta: Mapping[str, Any]
+    path: str | os.PathLike[str], inputs: torch.Tensor, labels: torch.Tensor, meta: Mapping[str, Any],
+    outputs: torch.Tensor | None = None,
 ) -> str:
     """Write a fingerprint set; returns the file's sha256.
+
+    ``outputs``: the owner's logits on the points, for sets scored on them (``score: sac``).
 
     ``meta`` (method config, seed, owner sha256, dataset, calibration, ...) is stored as JSON in
     the safetensors header, so the file stands alone. The sha256 of the whole file is what
     reports and verdicts quote.
     """
-    if inputs.shape[0] != labels.shape[0]:
-        raise ValueError("inputs and labels differ in length")
+    if inputs.shape[0] != labels.shape[0] or (outputs is not None and outputs.shape[0] != labels.shape[0]):
+        raise ValueError("inputs, labels and outputs differ in length")
     tensors = {
         "inputs": inputs.detach().to(torch.float32).contiguous().cpu(),
         "labels": labels.detach().to(torch.int64).contiguous().cpu(),
     }
+    if outputs is not None:
+        tensors["outputs"] = outputs.detach().to(torch.float32).contiguous().cpu()
     meta_json = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
     # One header key only: safetensors writes its metadata map in no fixed order, so several
     # keys would give different bytes for the same set from one run to the next.
     header = {
         FINGERPRINT_FORMAT: json.dumps(
-            {"meta": meta_json, "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json)},
+            {"meta": meta_json,
+             "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json, tensors.get("outputs"))},
             sort_keys=True,
         )
     }
@@ -165,13 +171,17 @@ def save_fingerprint_file(
     return digest
 
 
-def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str) -> str:
-    """Hash of what a fingerprint set says (points, labels, metadata): catches edits to any of them."""
+def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str, outputs: torch.Tensor | None = None) -> str:
+    """Hash of what a fingerprint set says (points, labels, metadata, the owner's outputs if kept):
+    catches edits to any of them. A set without outputs hashes as it did before they existed."""
     digest = hashlib.sha256()
     digest.update(str(tuple(inputs.shape)).encode())
     digest.update(inputs.contiguous().numpy().tobytes())
     digest.update(labels.contiguous().numpy().tobytes())
     digest.update(meta_json.encode())
+    if outputs is not None:
+        digest.update(str(tuple(outputs.shape)).encode())
+        digest.update(outputs.contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -179,6 +189,14 @@ def load_fingerprint_file(
     path: str | os.PathLike[str], expected_sha256: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Read and check a fingerprint set: inputs, labels and its metadata (with ``sha256`` added)."""
+    inputs, labels, _, meta = load_fingerprint_set(path, expected_sha256)
+    return inputs, labels, meta
+
+
+def load_fingerprint_set(
+    path: str | os.PathLike[str], expected_sha256: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    """:func:`load_fingerprint_file` with the owner's outputs too (None for a set that keeps none)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -198,19 +216,24 @@ def load_fingerprint_file(
     if not isinstance(meta, dict):
         raise FingerprintFileError(f"{path}: metadata must be a JSON object")
     assert isinstance(header, dict)
-    if set(tensors) != {"inputs", "labels"}:
-        raise FingerprintFileError(f"{path}: expected tensors 'inputs' and 'labels', found {sorted(tensors)}")
-    inputs, labels = tensors["inputs"], tensors["labels"]
+    if set(tensors) not in ({"inputs", "labels"}, {"inputs", "labels", "outputs"}):
+        raise FingerprintFileError(f"{path}: expected tensors 'inputs', 'labels' (and 'outputs'), found {sorted(tensors)}")
+    inputs, labels, outputs = tensors["inputs"], tensors["labels"], tensors.get("outputs")
     if inputs.dtype != torch.float32 or labels.dtype != torch.int64:
         raise FingerprintFileError(f"{path}: inputs must be float32 and labels int64")
     if inputs.ndim != 4 or labels.ndim != 1 or inputs.shape[0] != labels.shape[0] or labels.numel() == 0:
         raise FingerprintFileError(
             f"{path}: inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)} do not form a fingerprint set"
         )
-    if header.get("content_sha256") != _content_sha256(inputs, labels, header.get("meta", "{}")):
+    if outputs is not None and (outputs.dtype != torch.float32 or outputs.ndim != 2 or outputs.shape[0] != labels.shape[0]
+                                or not bool(torch.isfinite(outputs).all())):
+        raise FingerprintFileError(f"{path}: outputs {tuple(outputs.shape)} are not finite float32 logits, one row per point")
+    if meta.get("score", "match") == "sac" and outputs is None:
+        raise FingerprintFileError(f"{path}: a set scored by 'sac' must keep the owner's outputs, and this one has none")
+    if header.get("content_sha256") != _content_sha256(inputs, labels, header.get("meta", "{}"), outputs):
         raise FingerprintFileError(f"{path}: content does not match its recorded sha256 (the set was altered)")
     meta["sha256"] = digest
-    return inputs, labels, meta
+    return inputs, labels, outputs, meta
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:

@@ -419,6 +419,15 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """float32 logits of ``x`` under ``model``, in batches on the model's device (back on the CPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Share of ``x`` that ``model`` labels as ``y``.
 

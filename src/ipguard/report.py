@@ -11,7 +11,18 @@ import pandas as pd
 
 from ipguard.config import BootstrapCfg, SplitCfg
 from ipguard.evaluate import bootstrap_intervals, robustness, roc_curve, summarize, tpr_label, uniqueness
-from ipguard.stats import Assessment, Calibration, assess, combine_assessments, fit_calibration, leave_one_out
+from ipguard.stats import (
+    Assessment,
+    Calibration,
+    ScoreCalibration,
+    assess,
+    assess_score,
+    combine_assessments,
+    fit_calibration,
+    fit_score_calibration,
+    leave_one_out,
+    leave_one_out_scores,
+)
 
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 201), 6)
 
@@ -63,23 +74,37 @@ def method_metrics(table: pd.DataFrame, max_fpr: float, part: str | None = "test
     return out
 
 
-def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, dict[str, Calibration]]:
+def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, dict[str, Calibration | ScoreCalibration]]:
     """p-values and verdicts (with the reason) for every row, and each method's calibration on all its negatives.
 
     A negative's own verdict comes from a calibration fitted on the other negatives
     (leave-one-out), so the share of negatives called pirated is an honest false-positive rate.
+    Sets scored by counts (``score`` ``match``, or no ``score`` column) get the beta-binomial
+    calibration; SAC's continuous scores the beta one (:func:`ipguard.stats.fit_score_calibration`).
     """
     rows, calibrations = [], {}
     for method, df in table.groupby("method", sort=False):
         neg = df[df["kind"] == "negative"]
         if neg.empty:
             continue
-        n = int(df["n"].iloc[0])
-        cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level, models=neg["suspect"].astype(str).tolist())
+        models = neg["suspect"].astype(str).tolist()
+        if "score" in df.columns and str(df["score"].iloc[0]) != "match":
+            scores = neg["matching_rate"].astype(float).tolist()
+            cal: Calibration | ScoreCalibration = fit_score_calibration(scores, level, models=models)
+            loo = dict(zip(neg.index, leave_one_out_scores(scores, level)))
+
+            def judge(row: pd.Series, cal: Any = cal) -> Assessment:
+                return assess_score(float(row["matching_rate"]), cal)
+        else:
+            n = int(df["n"].iloc[0])
+            cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level, models=models)
+            loo = dict(zip(neg.index, leave_one_out(neg["matches"].astype(int).tolist(), n, level)))
+
+            def judge(row: pd.Series, cal: Any = cal) -> Assessment:
+                return assess(int(row["matches"]), int(row["n"]), cal)
         calibrations[str(method)] = cal
-        loo = dict(zip(neg.index, leave_one_out(neg["matches"].astype(int).tolist(), n, level)))
         for idx, row in df.iterrows():
-            a = loo[idx] if idx in loo else assess(int(row["matches"]), int(row["n"]), cal)
+            a = loo[idx] if idx in loo else judge(row)
             if a is None:
                 a = Assessment(float("nan"), "inconclusive", "no other negative to calibrate on")
             rows.append({**row.to_dict(), "p_value": a.p_value, "verdict": a.verdict, "reason": a.reason})
@@ -258,7 +283,8 @@ def settings_table(costs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
 def markdown_report(
     table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
     experiment: str, description: str, max_fpr: float,
-    verdicts: pd.DataFrame | None = None, calibrations: Mapping[str, Calibration] | None = None, level: float = 0.01,
+    verdicts: pd.DataFrame | None = None, calibrations: Mapping[str, Calibration | ScoreCalibration] | None = None,
+    level: float = 0.01,
     split: SplitCfg | None = None, bootstrap: BootstrapCfg | None = None,
     combined: Mapping[str, Any] | None = None, combined_methods: list[str] | None = None,
 ) -> str:
@@ -339,6 +365,10 @@ def markdown_report(
     if combined and combined_methods:
         parts.append(combined_section(combined, combined_methods, metrics, fpr_label))
     parts.append("\n## Matching rate of every suspect\n")
+    if "score" in table.columns and (table["score"].fillna("match") != "match").any():
+        sac = ", ".join(sorted(table.loc[table["score"].fillna("match") != "match", "method"].unique()))
+        parts.append(f"For {sac} the number is SAC's similarity to the owner (1 - SAC's distance; higher: more alike), "
+                     "not a matching rate; their p-values come from a beta null of the negatives' similarities.\n")
     wide = table.pivot_table(index="suspect", columns="method", values="matching_rate", sort=False)
     info = table.drop_duplicates("suspect").set_index("suspect")
     has_part = "part" in info.columns

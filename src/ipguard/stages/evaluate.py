@@ -18,7 +18,7 @@ import pandas as pd
 
 from ipguard.config import Params
 from ipguard.errors import IpguardError
-from ipguard.io import load_fingerprint_file, save_fingerprint_file, write_json, write_text
+from ipguard.io import load_fingerprint_set, save_fingerprint_file, write_json, write_text
 from ipguard.report import (
     calibrate_table,
     combined_metrics,
@@ -62,8 +62,8 @@ def evaluate(params: Params, key: str | None = None) -> None:
         v = in_part(verdicts[verdicts["method"] == method], "test")
         metrics[method]["calibration"] = cal.to_dict()
         metrics[method].update(verdict_shares(v))
-        inputs, labels, meta = load_fingerprint_file(fingerprint_path(method))
-        save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()})
+        inputs, labels, outputs, meta = load_fingerprint_set(fingerprint_path(method))
+        save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()}, outputs=outputs)
     combined = None
     if cfg.combine:
         # One verdict from several sets (issue 11): rows `combined` in verdicts.csv, its own metrics.

@@ -36,9 +36,10 @@ def fingerprint(params: Params, key: str | None) -> None:
         "dataset": ds.name,
         "num_classes": ds.num_classes,
         "input_shape": list(ds.input_shape),
+        "score": result.score,
     }
     path = fingerprint_path(key)
-    digest = save_fingerprint_file(path, result.inputs, result.labels, meta)
+    digest = save_fingerprint_file(path, result.inputs, result.labels, meta, outputs=result.outputs)
     # Generation cost beside the set; seconds vary between runs, so they are not in the set itself.
     stats = result.stats()
     write_json(path.with_suffix(".json"), {"sha256": digest, **meta, "stats": stats})

@@ -17,26 +17,33 @@ import pandas as pd
 import torch
 
 from ipguard.config import Params
-from ipguard.io import load_fingerprint_file, write_text
+from ipguard.io import load_fingerprint_set, write_text
 from ipguard.models import load_model
 from ipguard.stages.common import check_pools, fingerprint_path, reports_dir, run_stage, suspect_paths
 from ipguard.stages.suspects import suspect_parts
 from ipguard.tracking import stage_run
-from ipguard.verify import match
+from ipguard.verify import score
 
 KIND = {"owner": "owner", "independent": "negative", "positive": "positive"}
 
 
-def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]]) -> pd.DataFrame:
+def match_table(
+    params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Mapping[str, Any]]],
+) -> pd.DataFrame:
     """One row per (fingerprint set, suspect): matches, matching rate, the suspect's part
-    (``dev``/``test`` by ``evaluate.split``; ``none`` for the owner) and its sidecar facts."""
+    (``dev``/``test`` by ``evaluate.split``; ``none`` for the owner) and its sidecar facts.
+
+    ``score`` says what ``matching_rate`` holds: the share of points labelled as the owner did
+    (``match``), or SAC's similarity (``sac``, ``sac_label``; ``matches`` is then empty). Either
+    way, higher means more like the owner.
+    """
     rows = []
     metas = {}
     for name, path in suspect_paths(params):
         model, meta = load_model(str(path), params.runtime.device)
         metas[name] = meta
-        for method, (inputs, labels, fmeta) in sets.items():
-            result = match(model, inputs, labels, params.evaluate.batch_size)
+        for method, (inputs, labels, outputs, fmeta) in sets.items():
+            result = score(model, inputs, labels, str(fmeta.get("score", "match")), outputs, params.evaluate.batch_size)
             rows.append({
                 "method": method,
                 "suspect": name,
@@ -47,9 +54,10 @@ def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Ten
                 "storage": meta["storage"],
                 "lineage": meta["lineage"],
                 "test_accuracy": meta["test_accuracy"],
+                "score": result.kind,
                 "matches": result.matches,
                 "n": result.n,
-                "matching_rate": result.matching_rate,
+                "matching_rate": result.score,
                 "fingerprint_sha256": fmeta.get("sha256"),
             })
     parts = suspect_parts(params, [(name, KIND[m["role"]], str(m["family"])) for name, m in metas.items()])
@@ -61,7 +69,7 @@ def match_table(params: Params, sets: Mapping[str, tuple[torch.Tensor, torch.Ten
 def match_all(params: Params, key: str | None = None) -> None:
     # The pools are checked here too: this stage reruns whenever zoo or postprocess change.
     check_pools(params)
-    sets = {name: load_fingerprint_file(fingerprint_path(name)) for name in params.fingerprint}
+    sets = {name: load_fingerprint_set(fingerprint_path(name)) for name in params.fingerprint}
     table = match_table(params, sets)
     out = reports_dir(params) / "matching_rates.csv"
     buffer = io.StringIO()
