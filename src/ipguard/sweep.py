@@ -76,7 +76,7 @@ def run_job(cfg: DictConfig, outdir: Path) -> dict[str, Any]:
     ds = params.dataset
     fp = generate(entry["method"], owner, load_pool(entry.get("pool", "test")), tuple(ds.input_shape), ds.num_classes, **kwargs)
     name = str(cfg.method)
-    table = match_table(params, {name: (fp.inputs, fp.labels, {})})
+    table = match_table(params, {name: (fp.inputs, fp.labels, fp.outputs, {"score": fp.score})})
     max_fpr, level = params.evaluate.max_fpr, params.evaluate.level
     # A sweep is for choosing settings: its headline metrics are the dev part's; the test part's
     # are kept beside them (``test.*``) to see how a choice holds up, not to choose by.

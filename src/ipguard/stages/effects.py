@@ -165,7 +165,9 @@ def effects(params: Params, key: str | None = None) -> None:
 
     n_rows = []
     for method in params.fingerprint:
-        inputs, labels, _ = load_fingerprint_file(fingerprint_path(method))
+        inputs, labels, fmeta = load_fingerprint_file(fingerprint_path(method))
+        if fmeta.get("score", "match") != "match":
+            continue  # SAC's similarity is over pairs of the whole set, not a count that a prefix cuts
         agree = {s: predict(models[s], inputs, batch) == labels for s in suspects}
         for n in sorted({*cfg.n, int(labels.numel())}):
             if n <= labels.numel():
