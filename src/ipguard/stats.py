@@ -320,6 +320,38 @@ class Assessment:
     reason: str
 
 
+def _judge(p: float, level: float, negatives: int, converged: bool, floor: float, above_all: bool,
+           unfit: str, said: str, top_said: str) -> Assessment:
+    """The verdict rules shared by counts and continuous scores (see :func:`assess`).
+
+    ``above_all``: the suspect does better than every negative; ``unfit``: why the null cannot be
+    fitted; ``said``: what the suspect did ("matches 40/40 points"); ``top_said``: how the best
+    negative compares ("0.300 >= 0.250").
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: must lie in (0, 1), got {level}")
+    if negatives < 2:
+        return Assessment(p, "inconclusive", "a null fitted from fewer than 2 negatives cannot bound how much "
+                          "independent models vary; calibrate with more independent models")
+    if not converged:
+        return Assessment(p, "inconclusive", f"{unfit}, so the null cannot be fitted; "
+                          "this fingerprint set cannot tell copies from independent models")
+    if floor > level:
+        return Assessment(p, "inconclusive", f"with {negatives} negatives the smallest p-value this calibration can "
+                          f"give is {floor:.3g}, above the level {level:g}; calibrate with more independent models "
+                          "(or more points)")
+    if p <= level and above_all:
+        return Assessment(p, "pirated", f"p = {p:.3g} <= {level:g}: independent models rarely {said}")
+    if p <= level:
+        return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
+                          f"does as well ({top_said}); the null does not fit its negatives")
+    if above_all:
+        return Assessment(p, "inconclusive", f"does better than every known independent model ({top_said}), but "
+                          f"p = {p:.3g} > {level:g}: more negatives (or points) are needed to decide")
+    return Assessment(p, "independent", f"p = {p:.3g} > {level:g}, and a known independent model does as well "
+                      f"({top_said})")
+
+
 def assess(matches: int, n: int, calibration: Calibration, level: float | None = None) -> Assessment:
     """The verdict on a suspect matching ``matches`` of ``n`` points.
 
@@ -331,33 +363,12 @@ def assess(matches: int, n: int, calibration: Calibration, level: float | None =
     said only of a suspect that some known independent model matches at least as well.
     """
     level = calibration.level if level is None else float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level: must lie in (0, 1), got {level}")
     p = p_value(matches, n, calibration)
-    if calibration.negatives < 2:
-        return Assessment(p, "inconclusive", "a null fitted from fewer than 2 negatives cannot bound how much "
-                          "independent models vary; calibrate with more independent models")
-    if not calibration.converged:
-        return Assessment(p, "inconclusive", "the negatives match nearly every point, so the null cannot be fitted; "
-                          "this fingerprint set cannot tell copies from independent models")
-    floor = p_value(n, n, calibration)
-    if floor > level:
-        return Assessment(p, "inconclusive", f"with {calibration.negatives} negatives the smallest p-value this "
-                          f"calibration can give is {floor:.3g}, above the level {level:g}; calibrate with more "
-                          "independent models (or more points)")
-    top = max(calibration.matches) / calibration.n
-    curve = _curve(calibration.matches, calibration.n, calibration.nuisance, int(n))[0]
-    if pirated_counts(curve, n, calibration.negatives, calibration.converged, top, level)[matches]:
-        return Assessment(p, "pirated", f"p = {p:.3g} <= {level:g}: independent models rarely match "
-                          f"{matches}/{n} points")
-    if p <= level:  # below the level, but not above every negative (pirated_counts' second condition)
-        return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
-                          f"matches as much ({top:.3f} >= {matches / n:.3f}); the null does not fit its negatives")
-    if matches / n > top:
-        return Assessment(p, "inconclusive", f"matches more than every known independent model ({matches / n:.3f} > "
-                          f"{top:.3f}), but p = {p:.3g} > {level:g}: more negatives (or points) are needed to decide")
-    return Assessment(p, "independent", f"p = {p:.3g} > {level:g}, and a known independent model matches as much "
-                      f"({top:.3f} >= {matches / n:.3f})")
+    top, rate = max(calibration.matches) / calibration.n, matches / n
+    above = rate > top
+    return _judge(p, level, calibration.negatives, calibration.converged, p_value(n, n, calibration), above,
+                  "the negatives match nearly every point", f"match {matches}/{n} points",
+                  f"best negative {top:.3f} {'<' if above else '>='} {rate:.3f}")
 
 
 def leave_one_out(matches: Sequence[int], n: int, level: float = 0.01,
@@ -530,37 +541,14 @@ def score_p_value(score: float, calibration: ScoreCalibration) -> float:
 
 
 def assess_score(score: float, calibration: ScoreCalibration, level: float | None = None) -> Assessment:
-    """The verdict on a suspect scoring ``score``: the rules of :func:`assess` for a continuous score.
-
-    ``pirated`` needs p <= level from a calibration that can support the level and a score above
-    every known independent model's; ``independent`` needs a known independent model that scores
-    at least as much; anything else is ``inconclusive``, with the reason.
-    """
+    """The verdict on a suspect scoring ``score``: the rules of :func:`assess` for a continuous score."""
     level = calibration.level if level is None else float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level: must lie in (0, 1), got {level}")
     p = score_p_value(score, calibration)
     top = calibration.max_score
-    if calibration.negatives < 2:
-        return Assessment(p, "inconclusive", "a null fitted from fewer than 2 negatives cannot bound how much "
-                          "independent models vary; calibrate with more independent models")
-    if not calibration.converged:
-        return Assessment(p, "inconclusive", "the negatives score nearly 1, so the null cannot be fitted; "
-                          "this fingerprint set cannot tell copies from independent models")
-    if calibration.min_p_value > level:
-        return Assessment(p, "inconclusive", f"with {calibration.negatives} negatives the smallest p-value this "
-                          f"calibration can give is {calibration.min_p_value:.3g}, above the level {level:g}; "
-                          "calibrate with more independent models")
-    if p <= level and score > top:
-        return Assessment(p, "pirated", f"p = {p:.3g} <= {level:g}: independent models rarely score {score:.4f}")
-    if p <= level:
-        return Assessment(p, "inconclusive", f"p = {p:.3g} is below the level, but a known independent model "
-                          f"scores as much ({top:.4f} >= {score:.4f}); the null does not fit its negatives")
-    if score > top:
-        return Assessment(p, "inconclusive", f"scores more than every known independent model ({score:.4f} > "
-                          f"{top:.4f}), but p = {p:.3g} > {level:g}: more negatives are needed to decide")
-    return Assessment(p, "independent", f"p = {p:.3g} > {level:g}, and a known independent model scores as much "
-                      f"({top:.4f} >= {score:.4f})")
+    above = score > top
+    return _judge(p, level, calibration.negatives, calibration.converged, calibration.min_p_value, above,
+                  "the negatives score nearly 1", f"score {score:.4f}",
+                  f"best negative {top:.4f} {'<' if above else '>='} {score:.4f}")
 
 
 def leave_one_out_scores(scores: Sequence[float], level: float = 0.01,
