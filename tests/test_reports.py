@@ -68,6 +68,13 @@ def test_effects_choose_on_dev_and_report_test(workspace: Path) -> None:
     assert set(effects["split"]["dev"]["positive"]).isdisjoint(effects["split"]["test"]["positive"])
     text = (out / "effects.md").read_text()
     assert "## Chosen on dev, measured on test" in text and "## Dev part: every setting" in text
+    # What n buys: calibrated at each n on every negative; the whole set gives a lower floor of p
+    # than its smallest prefix.
+    n_rows = [r for r in effects["n"] if r["method"] == "ipguard"]
+    floors = [r["verdicts"]["floor_p"] for r in sorted(n_rows, key=lambda r: r["n"])]
+    assert len(floors) >= 2 and floors[-1] < floors[0]
+    assert all(0.0 <= (r["verdicts"]["positives_pirated"] or 0.0) <= 1.0 for r in n_rows)
+    assert "## Queries for a verdict at level 0.01" in text
     curve = pd.read_csv(out / "plots/effects_k/ipguard.csv")
     assert list(curve["k"]) == [0.3, 3.0] and "ARUC dev" in curve and "ARUC test" in curve
 

@@ -191,3 +191,20 @@ def test_combined_verdict_pays_for_the_number_of_sets() -> None:
     assert e.verdict == "inconclusive"
     with pytest.raises(ValueError, match="at least one"):
         combine_assessments({}, 0.01)
+
+
+def test_verdicts_at_n_say_how_many_queries_a_verdict_needs() -> None:
+    from ipguard.stats import verdicts_at_n
+
+    rng = np.random.default_rng(3)
+    rates = rng.beta(2, 8, size=20)  # independents matching ~20 % of the points
+    at = {}
+    for n in (5, 20, 100):
+        negatives = [int(round(r * n)) for r in rates]
+        positives = [n, int(0.9 * n), int(0.3 * n)]
+        at[n] = verdicts_at_n(negatives, positives, n, 0.01)
+        assert at[n]["floor_p"] == pytest.approx(p_value(n, n, fit_calibration(negatives, n, 0.01)))
+    # Five points cannot convict even a perfect match; a hundred convict it and the 90 % copy.
+    assert at[5]["owner_verdict"] != "pirated" and at[5]["positives_pirated"] == 0.0
+    assert at[100]["owner_verdict"] == "pirated" and at[100]["positives_pirated"] == pytest.approx(2 / 3)
+    assert at[100]["floor_p"] < at[20]["floor_p"] < at[5]["floor_p"]

@@ -559,3 +559,16 @@ def leave_one_out_scores(scores: Sequence[float], level: float = 0.01,
         rest = [s for j, s in enumerate(scores) if j != i]
         out.append(assess_score(float(scores[i]), fit_score_calibration(rest, level, nuisance)) if rest else None)
     return out
+
+
+def verdicts_at_n(negatives: Sequence[int], positives: Sequence[int], n: int, level: float = 0.01,
+                  nuisance: float = DEFAULT_NUISANCE) -> dict[str, Any]:
+    """What n points buy: calibrated on every negative's count of n points, the p-value of a
+    suspect that matches all n (the owner itself: no suspect can do better, so below this n no
+    verdict of ``pirated`` is possible at ``level``) and the share of ``positives`` called
+    pirated. The cost of a black-box check is its queries, so this is how many a verdict needs."""
+    cal = fit_calibration(negatives, n, level, nuisance)
+    full = assess(n, n, cal)
+    called = [assess(int(m), n, cal).verdict == "pirated" for m in positives]
+    return {"n": int(n), "floor_p": float(full.p_value), "owner_verdict": full.verdict,
+            "positives_pirated": float(np.mean(called)) if called else None}

@@ -32,6 +32,7 @@ from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
 from ipguard.io import load_fingerprint_file, write_json, write_text
 from ipguard.models import load_model, predict
 from ipguard.report import md_table, save_figure
+from ipguard.stats import verdicts_at_n
 from ipguard.stages.common import (
     check_pool,
     fingerprint_path,
@@ -171,8 +172,13 @@ def effects(params: Params, key: str | None = None) -> None:
         agree = {s: predict(models[s], inputs, batch) == labels for s in suspects}
         for n in sorted({*cfg.n, int(labels.numel())}):
             if n <= labels.numel():
-                pos, neg = rates_by_part({s: a[:n] for s, a in agree.items()}, kinds, parts, "test")
-                n_rows.append({"method": method, "n": n, "test": part_metrics(pos, neg, max_fpr)})
+                prefix = {s: a[:n] for s, a in agree.items()}
+                pos, neg = rates_by_part(prefix, kinds, parts, "test")
+                # Calibrated as the report's verdicts are: on every negative, dev and test.
+                counts = [int(a.sum()) for s, a in prefix.items() if kinds[s] == "negative"]
+                test_pos = [int(a.sum()) for s, a in prefix.items() if kinds[s] == "positive" and parts[s] == "test"]
+                verdicts = verdicts_at_n(counts, test_pos, n, ev.level) if counts else None
+                n_rows.append({"method": method, "n": n, "test": part_metrics(pos, neg, max_fpr), "verdicts": verdicts})
 
     out = reports_dir(params)
     members = {part: {kind: [s for s in suspects if parts[s] == part and kinds[s] == kind] for kind in ("positive", "negative")}
@@ -183,7 +189,7 @@ def effects(params: Params, key: str | None = None) -> None:
         "grid": [{kk: v for kk, v in r.items() if kk not in {"seconds", "reused"}} for r in grid], "n": n_rows,
     })
     write_text(out / "effects.md", effects_markdown(params.experiment.name, methods, grid, chosen, n_rows, members,
-                                                    max_fpr, boot.confidence))
+                                                    max_fpr, boot.confidence, ev.level))
     shutil.rmtree(out / "plots" / "effects_k", ignore_errors=True)
     keys = ("k", "ARUC dev", "ARUC test", "mean MR positives test", "mean MR negatives test")
     for method in methods:
@@ -236,8 +242,10 @@ def _display(m: Mapping[str, Any] | None, tpr: str, interval: bool = False) -> d
 
 def effects_markdown(experiment: str, methods: Sequence[str], grid: Sequence[Mapping[str, Any]],
                      chosen: Mapping[str, Any], n_rows: Sequence[Mapping[str, Any]],
-                     members: Mapping[str, Mapping[str, list[str]]], max_fpr: float, confidence: float) -> str:
-    """effects.md: the parts, the choice made on dev with its test metrics, the dev table, the n table."""
+                     members: Mapping[str, Mapping[str, list[str]]], max_fpr: float, confidence: float,
+                     level: float = 0.01) -> str:
+    """effects.md: the parts, the choice made on dev with its test metrics, the dev table, the n table
+    and the queries a verdict needs."""
     n_dev, n_test = len(members["dev"]["negative"]), len(members["test"]["negative"])
     tpr_dev = tpr_label(max_fpr, n_dev) if n_dev else "TPR"
     tpr_test = tpr_label(max_fpr, n_test) if n_test else "TPR"
@@ -272,8 +280,32 @@ def effects_markdown(experiment: str, methods: Sequence[str], grid: Sequence[Map
                      "converged share": r["converged_share"], "mean iterations": r["mean_iterations"], "seconds": r["seconds"]})
     text.append(md_table(rows))
     text.append(f"\n## Number of points n, every set of the pipeline (test part; the first n points, nothing regenerated)\n\n{tpr_test}.\n")
-    text.append(md_table([{"method": r["method"], "n": r["n"], **_display(r["test"], tpr_test)} for r in n_rows]))
+    text.append(md_table([{"method": r["method"], "n": r["n"], **_display(r["test"], tpr_test),
+                           "p of a full match": (r.get("verdicts") or {}).get("floor_p"),
+                           "test positives called pirated": (r.get("verdicts") or {}).get("positives_pirated")}
+                          for r in n_rows]))
+    text.append(f"\n## Queries for a verdict at level {level:g} (the n above)\n\n"
+                "Calibrated at each n on every negative (dev and test), as the report's verdicts are. "
+                "*Fewest for any verdict*: the smallest n at which a suspect matching every point (the owner) "
+                "is called pirated; below it no suspect can be. *Fewest for the most positives*: the smallest n "
+                "at which the share of test positives called pirated reaches its largest value over the n "
+                "above. SAC's sets are left out (their score is over the pairs of the whole set).\n")
+    text.append(md_table(queries_for_verdict(n_rows)))
     return "\n".join(text)
+
+
+def queries_for_verdict(n_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, the fewest points (queries) of the n table that give a verdict (see effects.md)."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in n_rows):
+        rows = sorted((r for r in n_rows if r["method"] == method and r.get("verdicts")), key=lambda r: r["n"])
+        any_n = next((r["n"] for r in rows if r["verdicts"]["owner_verdict"] == "pirated"), None)
+        shares = [r["verdicts"]["positives_pirated"] for r in rows if r["verdicts"]["positives_pirated"] is not None]
+        top = max(shares) if shares else None
+        most_n = next((r["n"] for r in rows if top and r["verdicts"]["positives_pirated"] == top), None)
+        out.append({"method": method, "fewest for any verdict": any_n, "fewest for the most positives": most_n,
+                    "largest share of test positives called pirated": top})
+    return out
 
 
 def _figure(grid: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any], methods: Sequence[str], path: Path) -> None:
