@@ -234,3 +234,33 @@ def test_student_recipe_comes_from_training_and_explicit_keys_win() -> None:
         _student_cfg("distill", {"epochz": 3})
     with pytest.raises(ConfigError, match="distill.train"):
         _student_cfg("distill", None, {"label_smoothing": "much"})
+
+
+def test_a_thiefs_budget_is_a_seeded_subset_of_its_images() -> None:
+    from ipguard.postprocess import thief_images
+
+    x = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1)
+    a, b = thief_images(x, 20, seed=3, where="extract"), thief_images(x, 20, seed=3, where="extract")
+    assert torch.equal(a, b) and a.shape[0] == 20 and a.flatten().unique().numel() == 20
+    assert not torch.equal(a, thief_images(x, 20, seed=4, where="extract"))
+    assert thief_images(x, None, seed=3, where="extract") is x
+    for bad in (0, 51, 2.5, True):
+        with pytest.raises(ConfigError, match=r"distill\.queries"):
+            thief_images(x, bad, seed=0, where="distill")  # type: ignore[arg-type]
+
+
+def test_a_student_with_a_budget_learns_from_that_many_queries_only(in_workspace: Path) -> None:
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    other = load_split("other")
+    calls: list[int] = []
+    forward = owner.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(int(x.shape[0]))
+        return forward(x)
+
+    owner.forward = counting  # type: ignore[method-assign]
+    apply_postprocess("extract", owner, other, seed=0, epochs=1, queries=7)
+    assert sum(calls) == 7  # the owner answered the thief's 7 images, nothing more
+    with pytest.raises(ConfigError, match="extract.queries"):
+        apply_postprocess("extract", owner, other, seed=0, queries=other.x.shape[0] + 1)

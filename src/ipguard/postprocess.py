@@ -239,6 +239,18 @@ def _student(
     return student
 
 
+def thief_images(x: torch.Tensor, queries: int | None, seed: int, where: str) -> torch.Tensor:
+    """The images a thief with a budget of ``queries`` owner queries trains on: a seeded random
+    subset of ``x`` of that size (all of ``x`` when ``queries`` is None). The budget decides what
+    of the owner's behaviour can reach a student at all."""
+    if queries is None:
+        return x
+    if isinstance(queries, bool) or not isinstance(queries, int) or not 0 < queries <= x.shape[0]:
+        raise ConfigError(f"{where}.queries: must be an integer in [1, {x.shape[0]}] (the thief's images), got {queries!r}")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 0xB0D))
+    return x[order[:queries].sort().values]
+
+
 @torch.no_grad()
 def _owner_outputs(model: PixelModel, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     device = model.mean.device
@@ -274,17 +286,19 @@ def _student_cfg(
 def distill(
     model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
     temperature: float = 4.0, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-    optimizer: str | None = None, training: dict | None = None, train: dict | None = None,
+    optimizer: str | None = None, training: dict | None = None, train: dict | None = None, queries: int | None = None,
 ) -> PixelModel:
     """Knowledge distillation (Hinton, Vinyals & Dean 2015): a fresh student fitted to the owner's
     softened outputs on ``data`` (labels unused). Same architecture by default, or ``student_arch``;
     ``training`` overrides the other training keys (schedule, augmentation, ...): augmented images
-    get the owner's outputs on the images as they are, as a thief querying once would have."""
+    get the owner's outputs on the images as they are, as a thief querying once would have.
+    ``queries``: the thief's budget, a seeded subset of ``data`` of that many images (:func:`thief_images`)."""
     if temperature <= 0:
         raise ConfigError(f"distill.temperature: must be > 0, got {temperature}")
     cfg = _student_cfg("distill", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
-    student = _student(model, seed, student_arch, student_kwargs, data.x)
-    _fit(student, data.x, _owner_outputs(model, data.x), cfg, seed, desc="distill",
+    x = thief_images(data.x, queries, seed, "distill")
+    student = _student(model, seed, student_arch, student_kwargs, x)
+    _fit(student, x, _owner_outputs(model, x), cfg, seed, desc="distill",
           loss=functools.partial(soft_label_loss, temperature=temperature))
     return student
 
@@ -293,15 +307,17 @@ def distill(
 def extract(
     model: PixelModel, data: Split, seed: int, student_arch: str | None = None, student_kwargs: dict | None = None,
     epochs: int | None = None, lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
-    training: dict | None = None, train: dict | None = None,
+    training: dict | None = None, train: dict | None = None, queries: int | None = None,
 ) -> PixelModel:
     """Label-only model extraction: a surrogate trained on the owner's predicted labels (no
     probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019).
-    ``training`` overrides the other training keys, as for :func:`distill`."""
+    ``training`` overrides the other training keys and ``queries`` is the thief's budget, as for
+    :func:`distill`."""
     cfg = _student_cfg("extract", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
-    student = _student(model, seed, student_arch, student_kwargs, data.x)
-    labels = _owner_outputs(model, data.x).argmax(1)
-    _fit(student, data.x, labels, cfg, seed, desc="extract")
+    x = thief_images(data.x, queries, seed, "extract")
+    student = _student(model, seed, student_arch, student_kwargs, x)
+    labels = _owner_outputs(model, x).argmax(1)
+    _fit(student, x, labels, cfg, seed, desc="extract")
     return student
 
 
