@@ -114,5 +114,10 @@ def test_index_gives_the_wall_time_of_a_recorded_run_and_the_combined_row(worksp
     text = build(reports)
     assert "| 90.0 min |" in text
     assert "`tiny`: dvc exp run -S experiment=tiny at abc1234 on 2 CPU cores, 90.0 min. Measured on quiet cores." in text
+    (reports / "tiny" / "run.json").write_text(json.dumps(
+        {"wall_seconds": 600.0, "full": False, "command": "dvc repro", "commit": "abc1234", "machine": "2 CPU cores"}))
+    text = build(reports)
+    assert next(line for line in text.splitlines() if line.startswith("| tiny |")).rstrip().endswith("| – |")
+    assert "10.0 min (not a full run)." in text
     auc = json.loads((reports / "tiny" / "metrics.json").read_text())["combined"]["overall"]["auc"]
     assert any(line.startswith("| combined |") and f"{auc:.3f}" in line for line in text.splitlines())

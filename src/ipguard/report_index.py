@@ -38,7 +38,8 @@ def build(reports: Path) -> str:
         split = metrics[exp].get("split", {})
         run_file = reports / exp / "run.json"
         runs[exp] = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        wall = runs[exp].get("wall_seconds")
+        # A run that reused another experiment's stages says "full": false: its time is not a full run's.
+        wall = runs[exp].get("wall_seconds") if runs[exp].get("full", True) else None
         rows.append({"experiment": exp, "regenerate": f"`{cmd}`", "report": f"[{exp}/report.md]({exp}/report.md)",
                      "test part (P / N)": f"{split['test_positives']} / {split['test_negatives']}" if split else "all suspects",
                      "dev part (P / N)": f"{split['dev_positives']} / {split['dev_negatives']}" if split else "–",
@@ -47,7 +48,8 @@ def build(reports: Path) -> str:
     for exp, run in runs.items():
         if run:
             parts.append(f"\n`{exp}`: {run.get('command', '')} at {run.get('commit', '?')} on {run.get('machine', '?')}, "
-                         f"{run['wall_seconds'] / 60:.1f} min. {run.get('note', '')}".rstrip() + "\n")
+                         f"{run['wall_seconds'] / 60:.1f} min{'' if run.get('full', True) else ' (not a full run)'}. "
+                         f"{run.get('note', '')}".rstrip() + "\n")
     missing = sorted({p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")} - set(experiments) - {"tiny"})
     if missing:
         parts.append("\nNot measured here (no results yet): " + ", ".join(f"`{m}`" for m in missing) +
