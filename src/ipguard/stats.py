@@ -200,8 +200,33 @@ def negatives_loglik(matches: Sequence[int], n: int) -> np.ndarray:
     return np.where(allowed, ll, -np.inf)
 
 
+class _BetaNull:
+    """What a calibration's maximum-likelihood Beta(alpha, beta) null says, for reports and
+    ``verify --json`` (counts and continuous scores alike)."""
+
+    alpha: float
+    beta: float
+    models: tuple[str, ...]
+
+    @property
+    def mean(self) -> float:
+        """Mean match rate (or score) of independent models under the maximum-likelihood null."""
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation of independent models' match rate (or score) under that null."""
+        return math.sqrt(self.mean * (1.0 - self.mean) / (self.alpha + self.beta + 1.0))
+
+    def _described(self, out: dict[str, Any]) -> dict[str, Any]:
+        out["models"] = list(self.models)
+        out["null_mean"] = self.mean
+        out["null_spread"] = self.spread
+        return out
+
+
 @dataclass(frozen=True)
-class Calibration:
+class Calibration(_BetaNull):
     """The negatives' match counts on one fingerprint set, and what they say about the null.
 
     Only ``matches``, ``n``, ``level`` and ``nuisance`` decide p-values; the rest describes the fit
@@ -221,24 +246,10 @@ class Calibration:
     converged: bool = False
     models: tuple[str, ...] = field(default=())
 
-    @property
-    def mean(self) -> float:
-        """Mean match rate of independent models under the maximum-likelihood null."""
-        return self.alpha / (self.alpha + self.beta)
-
-    @property
-    def spread(self) -> float:
-        """Standard deviation of independent models' match rate under the maximum-likelihood null."""
-        k = self.alpha + self.beta
-        return math.sqrt(self.mean * (1.0 - self.mean) / (k + 1.0))
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["matches"] = list(self.matches)
-        out["models"] = list(self.models)
-        out["null_mean"] = self.mean
-        out["null_spread"] = self.spread
-        return out
+        return self._described(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
@@ -451,7 +462,7 @@ def _score_p(score: float, scores: tuple[float, ...], nuisance: float) -> tuple[
 
 
 @dataclass(frozen=True)
-class ScoreCalibration:
+class ScoreCalibration(_BetaNull):
     """The negatives' scores on one fingerprint set with a continuous score (higher: more alike).
 
     ``scores``, ``level`` and ``nuisance`` decide p-values; the rest describes the fit (the
@@ -470,24 +481,11 @@ class ScoreCalibration:
     converged: bool = False
     models: tuple[str, ...] = field(default=())
 
-    @property
-    def mean(self) -> float:
-        """Mean score of independent models under the maximum-likelihood null."""
-        return self.alpha / (self.alpha + self.beta)
-
-    @property
-    def spread(self) -> float:
-        """Standard deviation of independent models' score under the maximum-likelihood null."""
-        return math.sqrt(self.mean * (1.0 - self.mean) / (self.alpha + self.beta + 1.0))
-
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["kind"] = "continuous"
         out["scores"] = list(self.scores)
-        out["models"] = list(self.models)
-        out["null_mean"] = self.mean
-        out["null_spread"] = self.spread
-        return out
+        return self._described(out)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreCalibration:
