@@ -412,11 +412,8 @@ def model_meta(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Labels of ``x`` under ``model``, in batches on the model's device (labels come back on the CPU)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    """Labels of ``x`` under ``model`` (the argmax of :func:`logits`), on the CPU."""
+    return logits(model, x, batch_size).argmax(1) if x.shape[0] else torch.empty(0, dtype=torch.int64)
 
 
 @torch.no_grad()

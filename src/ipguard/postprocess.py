@@ -322,15 +322,19 @@ def extract(
 
 
 def pgd_perturb(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int, gen: torch.Generator,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float, steps: int, gen: torch.Generator,
 ) -> torch.Tensor:
-    """L-infinity PGD from a random start (Madry et al., ICLR 2018) in pixel space, kept in [0, 1].
+    """L-infinity PGD from a random start (Madry et al., ICLR 2018) in pixel space, kept in [0, 1],
+    pushing away from labels ``y`` (None: the model's own labels of ``x``).
 
     The model is put in eval mode while the attack runs (BatchNorm statistics untouched) and back
     in train mode afterwards; the returned batch carries no graph.
     """
     was_training = model.training
     model.eval()
+    if y is None:
+        with torch.no_grad():
+            y = model(x).argmax(1)
     noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps
     adv = (x + noise).clamp(0, 1)
     for _ in range(steps):
@@ -354,13 +358,7 @@ def adversarial_batch(
     ``y`` (``attack_labels="owner"``) or from the model's own labels of the clean images
     (``"predicted"``), computed in eval mode as the attack sees the model."""
     m = max(1, round(fraction * x.shape[0]))
-    target = y[:m]
-    if attack_labels == "predicted":
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            target = model(x[:m]).argmax(1)
-        model.train(was_training)
+    target = y[:m] if attack_labels == "owner" else None
     return torch.cat([pgd_perturb(model, x[:m], target, eps, step, steps, gen), x[m:]])
 
 
