@@ -325,21 +325,24 @@ def pgd_perturb(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float, steps: int, gen: torch.Generator,
 ) -> torch.Tensor:
     """L-infinity PGD from a random start (Madry et al., ICLR 2018) in pixel space, kept in [0, 1],
-    pushing away from labels ``y`` (None: the model's own labels of ``x``).
+    pushing away from labels ``y`` (None: the model's own labels at the random start).
 
     The model is put in eval mode while the attack runs (BatchNorm statistics untouched) and back
     in train mode afterwards; the returned batch carries no graph.
     """
     was_training = model.training
     model.eval()
-    if y is None:
-        with torch.no_grad():
-            y = model(x).argmax(1)
     noise = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * eps
     adv = (x + noise).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
-        loss = nn.functional.cross_entropy(model(adv), y)
+        logits = model(adv)
+        if y is None:
+            # The first step's forward pass labels the random start: a separate clean forward
+            # pass would cost a quarter of an adversarial student's training for the same labels
+            # almost everywhere (the start lies within eps of the clean image).
+            y = logits.detach().argmax(1)
+        loss = nn.functional.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(loss, adv)
         adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
     model.train(was_training)
@@ -355,7 +358,7 @@ def adversarial_batch(
 ) -> torch.Tensor:
     """The batch an adversarially trained student sees: its first ``fraction`` (at least one image)
     replaced by :func:`pgd_perturb` examples, the rest left clean. The attack pushes away from
-    ``y`` (``attack_labels="owner"``) or from the model's own labels of the clean images
+    ``y`` (``attack_labels="owner"``) or from the model's own labels at the attack's random start
     (``"predicted"``), computed in eval mode as the attack sees the model."""
     m = max(1, round(fraction * x.shape[0]))
     target = y[:m] if attack_labels == "owner" else None
