@@ -330,6 +330,12 @@ def test_help_lists_every_verb_and_the_new_flags(capsys: pytest.CaptureFixture[s
     text = capsys.readouterr().out
     for flag in ("--negatives-manifest", "--exclude", "--no-normalize", "--arch-kwargs", "--out"):
         assert flag in text
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--models-manifest", "--url", "--protocol", "--model-name", "--header", "--max-queries", "--uint8",
+                 "--repeat-share", "--query-seed", "--rate", "--retries", "--timeout"):
+        assert flag in text
 
 
 # ----------------------------------------------------------------------------- calibrate

@@ -165,13 +165,23 @@ def _suspect(c: Candidate, fmeta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     model, meta = load_suspect(c.path, c.arch, c.mean, c.std, fmeta.get("num_classes"), fmeta.get("input_shape"),
                                arch_kwargs=c.arch_kwargs)
     _check_fits(c.path, meta, fmeta)
+    if len(meta.get("input_shape", ())) == 3:
+        import torch
+
+        # NHWC: oneDNN's convolutions run about twice as fast so on a CPU (see models.accuracy);
+        # the logits differ from NCHW's by float rounding only (1e-6), far below any margin.
+        model = model.to(memory_format=torch.channels_last)
     return model, meta
 
 
 def _match(model: Any, inputs: Any, labels: Any, path: str, kind: str = "match", outputs: Any = None) -> Any:
     """The suspect's :class:`ipguard.verify.Score` on the set (by its ``score`` kind)."""
+    import torch
+
     from ipguard.verify import score
 
+    if inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     try:
         return score(model, inputs, labels, kind, outputs)
     except (RuntimeError, ValueError) as exc:
@@ -277,9 +287,23 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
             "calibration": cal.to_dict(), "negatives": negatives}
 
 
-def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class _VerifySet:
+    """A calibrated fingerprint set, read once for every suspect of a ``verify``."""
+
+    path: str
+    inputs: Any
+    labels: Any
+    outputs: Any
+    meta: dict[str, Any]
+    kind: str
+    cal: Any
+    level: float
+
+
+def _verify_set(args: argparse.Namespace) -> _VerifySet:
     from ipguard.io import load_fingerprint_set
-    from ipguard.stats import Calibration, ScoreCalibration, assess, assess_score
+    from ipguard.stats import Calibration, ScoreCalibration
 
     _level(args)
     inputs, labels, outputs, fmeta = load_fingerprint_set(args.fingerprints, args.expect_sha256)
@@ -294,18 +318,148 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as exc:
         raise FingerprintFileError(f"{args.fingerprints}: calibrated by an older ipguard; run calibrate again ({exc})") from exc
     level = args.level if args.level is not None else cal.level
-    mean, std = _normalization(args.model, args.arch, args.mean, args.std, args.no_normalize)
-    model, meta = _suspect(Candidate(args.model, args.arch, dict(args.arch_kwargs or {}), mean, std), fmeta)
-    result = _match(model, inputs, labels, args.model, kind, outputs)
-    verdict = assess_score(result.score, cal, level) if continuous else assess(result.matches, result.n, cal, level)
+    return _VerifySet(args.fingerprints, inputs, labels, outputs, fmeta, kind, cal, level)
+
+
+def _verdict(vs: _VerifySet, result: Any) -> dict[str, Any]:
+    """The verdict on a suspect's score, with everything needed to defend it."""
+    from ipguard.stats import assess, assess_score
+
+    if vs.kind == "match":
+        verdict = assess(result.matches, result.n, vs.cal, vs.level)
+    else:
+        verdict = assess_score(result.score, vs.cal, vs.level)
     return {
-        "score": kind, "matching_rate": result.score, "matches": result.matches, "n": result.n,
-        "p_value": verdict.p_value, "level": level, "verdict": verdict.verdict, "reason": verdict.reason,
-        "method": fmeta.get("method"), "fingerprint_sha256": fmeta["sha256"],
-        "model_sha256": meta["sha256"], "owner_sha256": fmeta.get("owner_sha256"),
-        "calibration_negatives": cal.negatives, "null_mean_matching_rate": cal.mean, "null_spread": cal.spread,
-        "min_p_value": cal.min_p_value,
+        "score": vs.kind, "matching_rate": result.score, "matches": result.matches, "n": result.n,
+        "p_value": verdict.p_value, "level": vs.level, "verdict": verdict.verdict, "reason": verdict.reason,
+        **_set_facts(vs),
     }
+
+
+def _set_facts(vs: _VerifySet) -> dict[str, Any]:
+    return {"method": vs.meta.get("method"), "fingerprint_sha256": vs.meta["sha256"],
+            "owner_sha256": vs.meta.get("owner_sha256"), "calibration_negatives": vs.cal.negatives,
+            "null_mean_matching_rate": vs.cal.mean, "null_spread": vs.cal.spread, "min_p_value": vs.cal.min_p_value}
+
+
+def _suspect_candidates(args: argparse.Namespace) -> list[tuple[Candidate, str | None]]:
+    """The suspects of a ``verify``: ``--model`` files and the models of ``--models-manifest``."""
+    from ipguard.foreign import read_manifest
+
+    paths = args.model or []
+    archs = args.arch or [None]
+    if args.arch and not paths:
+        raise ConfigError("--arch: applies to --model, and none is given (a manifest names its own architectures)")
+    if paths and len(archs) not in (1, len(paths)):
+        raise ConfigError(f"--arch: give one architecture for all {len(paths)} models, or one per model (got {len(archs)})")
+    archs = archs * len(paths) if len(archs) == 1 else archs
+    out: list[tuple[Candidate, str | None]] = []
+    for path, arch in zip(paths, archs):
+        mean, std = _normalization(path, arch, args.mean, args.std, args.no_normalize)
+        out.append((Candidate(path, arch, dict(args.arch_kwargs or {}), mean, std), None))
+    for manifest in args.models_manifest or []:
+        for entry in read_manifest(manifest):
+            bare = args.no_normalize and entry.mean is None and entry.std is None
+            mean, std = _normalization(str(entry.path), entry.arch, entry.mean, entry.std, bare,
+                                       flags=f"'mean'/'std' in {manifest}")
+            out.append((Candidate(str(entry.path), entry.arch, entry.arch_kwargs, mean, std, entry.name), entry.sha256))
+    return out
+
+
+def _verify_file(vs: _VerifySet, cand: Candidate, expected_sha256: str | None) -> dict[str, Any]:
+    if expected_sha256 is not None:
+        from ipguard.foreign import ManifestModel, check_manifest_file
+
+        check_manifest_file(ManifestModel(cand.name or Path(cand.path).stem, Path(cand.path), "", sha256=expected_sha256), "manifest")
+    model, meta = _suspect(cand, vs.meta)
+    result = _match(model, vs.inputs, vs.labels, cand.path, vs.kind, vs.outputs)
+    return {**({"model": cand.name} if cand.name else {}), "file": cand.path, **_verdict(vs, result),
+            "model_sha256": meta["sha256"]}
+
+
+def cmd_verify(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
+    sources = sum(bool(x) for x in (args.model, args.models_manifest, args.url))
+    if sources == 0:
+        raise ConfigError("verify needs a suspect: --model FILE..., --models-manifest FILE.json or --url URL")
+    if args.url and sources > 1:
+        raise ConfigError("--url: verifies one service; give it without --model/--models-manifest")
+    vs = _verify_set(args)
+    if args.url:
+        return _verify_url(args, vs)
+    candidates = _suspect_candidates(args)
+    if len(candidates) == 1 and args.model:
+        return _verify_file(vs, *candidates[0])
+    from ipguard.progress import bar
+
+    results = []
+    for cand, sha in bar(candidates, desc="verify", unit="model"):
+        try:
+            results.append(_verify_file(vs, cand, sha))
+        except IpguardError as exc:  # one bad suspect does not stop a hub's check; the exit status says so
+            results.append({**({"model": cand.name} if cand.name else {}), "file": cand.path, "verdict": None,
+                            "error": _one_line(exc)})
+    return results
+
+
+def _header(text: str) -> tuple[str, str]:
+    """``'Name: value'`` with ``$VAR``/``${VAR}`` taken from the environment (so that a token never
+    lands in a shell history or a log: write it in single quotes)."""
+    import re
+
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ConfigError(f"--header: expected 'Name: value', got '{text.split(':')[0]}...'")
+
+    def env(m: re.Match[str]) -> str:
+        var = m.group(1) or m.group(2)
+        if var not in os.environ:
+            raise ConfigError(f"--header {name.strip()}: the environment variable {var} is not set")
+        return os.environ[var]
+
+    return name.strip(), re.sub(r"\$\{(\w+)\}|\$(\w+)", env, value.strip())
+
+
+def _verify_url(args: argparse.Namespace, vs: _VerifySet) -> dict[str, Any]:
+    """Verify a suspect behind a prediction service (:mod:`ipguard.remote`)."""
+    import secrets
+
+    from ipguard.remote import PredictionService, ServiceSpec, query_plan, survey
+    from ipguard.verify import score_answers
+
+    if args.arch or args.no_normalize:
+        raise ConfigError("--url: the service's model is the service's business; --arch/--no-normalize do not apply")
+    try:
+        spec = ServiceSpec(
+            args.url, args.protocol, args.model_name, dict(_header(h) for h in args.header or []), args.batch_size,
+            args.timeout, args.retries, args.backoff, rate=args.rate, max_queries=args.max_queries,
+            mean=args.mean, std=args.std, uint8=args.uint8)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    num_classes = int(vs.meta.get("num_classes") or (vs.outputs.shape[1] if vs.outputs is not None else int(vs.labels.max()) + 1))
+    service = PredictionService(spec, num_classes, list(vs.inputs.shape[1:])).open()
+    seed = args.query_seed if args.query_seed is not None else secrets.randbits(31)
+    if not 0 <= args.repeat_share <= 1:
+        raise ConfigError(f"--repeat-share: must lie in [0, 1], got {args.repeat_share:g}")
+    plan = query_plan(int(vs.labels.numel()), spec.batch_size, args.repeat_share, seed)
+    s = survey(service, vs.inputs, plan)
+    facts = {**service.describe(), "query_seed": seed, "repeated": s.repeated, "changed_answers": len(s.changed),
+             "answered": int(s.answered.sum()), "model_sha256": None}
+    if not s.complete:
+        return {"score": vs.kind, "matching_rate": None, "matches": None, "n": int(vs.labels.numel()), "p_value": None,
+                "level": vs.level, "verdict": "inconclusive",
+                "reason": f"{s.stopped}: {int(s.answered.sum())} of {vs.labels.numel()} points answered; "
+                          "raise --max-queries to decide", **_set_facts(vs), **facts}
+    try:
+        result = score_answers(vs.kind, vs.labels, s.answers.labels, s.answers.logits, vs.outputs)
+    except ValueError as exc:
+        raise ConfigError(f"{args.url}: {exc}") from exc
+    out = {**_verdict(vs, result), **facts}
+    if s.changed:
+        out.update(verdict="inconclusive", reason=(
+            f"the service changed its answer to {len(s.changed)} of {s.repeated} points asked twice: it answers "
+            "at random or detects fingerprint queries, so its answers cannot show independence "
+            f"(as answered: {out['verdict']}, p = {out['p_value']:.3g})"))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,20 +498,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="is a suspect a copy of the owner? matching rate (or SAC similarity), p-value, verdict")
     p.add_argument("--fingerprints", required=True, help="a calibrated fingerprint set")
-    p.add_argument("--model", required=True, help="the suspect: an ipguard model file, or a foreign state dict with --arch")
-    _model_args(p)
+    p.add_argument("--model", nargs="+", help="the suspect(s): ipguard model files, or foreign state dicts with --arch")
+    p.add_argument("--models-manifest", action="append", metavar="FILE.json",
+                   help="suspects listed in a manifest (the public zoo's format); repeatable")
+    _model_args(p, many=True)
     p.add_argument("--level", type=float, help="significance level, in (0, 1) (default: the one stored at calibration)")
     p.add_argument("--expect-sha256", help="refuse a fingerprint file whose sha256 is not this")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (one line per suspect for several)")
+    g = p.add_argument_group("a suspect behind a prediction service (--url)")
+    g.add_argument("--url", help="the service: its base address or endpoint (MLflow serving or Open Inference Protocol v2)")
+    g.add_argument("--protocol", choices=["mlflow", "v2"], help="default: asked of the server (/v2/health/ready, /ping)")
+    g.add_argument("--model-name", help="the model's name on a v2 server")
+    g.add_argument("--header", action="append", metavar="'NAME: VALUE'",
+                   help="an HTTP header; $VAR or ${VAR} in VALUE is read from the environment, e.g. "
+                        "--header 'Authorization: Bearer ${API_TOKEN}' (single quotes: the token stays out of the shell history)")
+    g.add_argument("--batch-size", type=int, default=100, help="images per request (default 100)")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds to connect and to read an answer (default 30)")
+    g.add_argument("--retries", type=int, default=3, help="further attempts after a connection error or 408/429/5xx (default 3)")
+    g.add_argument("--backoff", type=float, default=0.5, help="seconds before the first retry, doubled each time (default 0.5)")
+    g.add_argument("--rate", type=float, default=0.0, help="at most this many requests per second (default: no limit)")
+    g.add_argument("--max-queries", type=int, help="images sent at most, retries and repeats included; when it runs out "
+                                                     "the verdict is inconclusive (default: no limit)")
+    g.add_argument("--uint8", action="store_true", help="send 8-bit pixels (0-255) to a service that takes images")
+    g.add_argument("--repeat-share", type=float, default=0.1,
+                   help="share of points asked a second time in another batch; a changed answer makes the verdict "
+                        "inconclusive (default 0.1)")
+    g.add_argument("--query-seed", type=int, help="seed of the query order (default: a fresh random one, reported)")
     p.set_defaults(run=cmd_verify)
     return parser
 
 
 def _print_human(verb: str, result: dict[str, Any]) -> None:
     if verb == "verify":
-        print(f"verdict: {result['verdict']} (p = {result['p_value']:.3g}, level {result['level']:g})"
+        p = "no p-value" if result["p_value"] is None else f"p = {result['p_value']:.3g}"
+        print(f"verdict: {result['verdict']} ({p}, level {result['level']:g})"
               + (f": {result['reason']}" if result.get("reason") else ""))
-        if result.get("score", "match") == "match":
+        if result.get("url"):
+            print(f"service: {result['url']} ({result['protocol']}); {result['queries']} queries in {result['requests']} "
+                  f"requests, {result['retries']} retries; {result['repeated']} points asked twice, "
+                  f"{result['changed_answers']} answers changed; query seed {result['query_seed']}")
+        if result["matching_rate"] is None:
+            pass
+        elif result.get("score", "match") == "match":
             print(f"matching rate: {result['matching_rate']:.3f} ({result['matches']}/{result['n']} points); "
                   f"independent models match {result['null_mean_matching_rate']:.3f} ± {result['null_spread']:.3f} "
                   f"(calibrated on {result['calibration_negatives']}; smallest possible p {result['min_p_value']:.3g})")
@@ -365,7 +547,8 @@ def _print_human(verb: str, result: dict[str, Any]) -> None:
             print(f"{result['score']} similarity: {result['matching_rate']:.4f} ({result['n']} queries); independent "
                   f"models score {result['null_mean_matching_rate']:.4f} ± {result['null_spread']:.4f} "
                   f"(calibrated on {result['calibration_negatives']}; smallest possible p {result['min_p_value']:.3g})")
-        print(f"fingerprints sha256 {result['fingerprint_sha256']}; model sha256 {result['model_sha256']}")
+        print(f"fingerprints sha256 {result['fingerprint_sha256']}"
+              + (f"; model sha256 {result['model_sha256']}" if result.get("model_sha256") else ""))
     elif verb == "calibrate":
         cal = result["calibration"]
         print(f"calibrated set: {result['fingerprints']} (sha256 {result['sha256']}); {result['input']} unchanged")
@@ -402,11 +585,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ipguard {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if isinstance(result, list):  # several suspects: one line each; a suspect that could not be checked: status 2
+        for item in result:
+            print(json.dumps(item, sort_keys=True) if args.json else _summary_line(item))
+        return 2 if any(item.get("error") for item in result) else 0
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
         _print_human(args.verb, result)
     return 0
+
+
+def _summary_line(item: dict[str, Any]) -> str:
+    name = item.get("model") or item.get("file")
+    if item.get("error"):
+        return f"{name}: error: {item['error']}"
+    return f"{name}: {item['verdict']} (score {item['matching_rate']:.4f}, p = {item['p_value']:.3g})"
 
 
 if __name__ == "__main__":
