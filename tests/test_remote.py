@@ -260,6 +260,30 @@ def test_many_suspects_in_one_process_one_line_each(calibrated: Path, zoo: Path,
     assert all("independent" in line or "inconclusive" in line for line in out), out
 
 
+def test_a_hub_splits_into_shards_each_suspect_once(calibrated: Path, zoo: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = zoo / "public" / "manifest.json"
+    out = tmp_path / "verdicts"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ipguard.hub", "-m", f"fingerprints={calibrated}", f"manifest={manifest}", "shards=2",
+         "shard=0,1", f"out_dir={out}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, IPGUARD_PROGRESS="0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = [[json.loads(line) for line in (out / f"shard-{i}.jsonl").read_text().splitlines()] for i in (0, 1)]
+    assert [r["model"] for r in shards[0]] == ["pub0", "pub2"] and [r["model"] for r in shards[1]] == ["pub1", "pub3"]
+    whole = _json_lines(capsys, ["verify", "--fingerprints", str(calibrated), "--models-manifest", str(manifest)])
+    assert sorted(shards[0] + shards[1], key=lambda r: r["model"]) == whole
+    for bad in ("2/2", "1", "a/b", "0/0"):
+        _refused(capsys, ["verify", "--fingerprints", str(calibrated), "--models-manifest", str(manifest), "--shard", bad],
+                 "--shard")
+
+
+def _json_lines(capsys: pytest.CaptureFixture[str], argv: list[str]) -> list[dict[str, Any]]:
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
 # ----------------------------------------------------------------------------- a real MLflow server
 
 

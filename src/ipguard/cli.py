@@ -383,12 +383,16 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]
         raise ConfigError("verify needs a suspect: --model FILE..., --models-manifest FILE.json or --url URL")
     if args.url and sources > 1:
         raise ConfigError("--url: verifies one service; give it without --model/--models-manifest")
+    shard, shards = _shard(args.shard)
+    if args.url and (args.shard or args.out):
+        raise ConfigError("--shard/--out: apply to many suspects (--model/--models-manifest), not to --url")
     vs = _verify_set(args)
     if args.url:
         return _verify_url(args, vs)
     candidates = _suspect_candidates(args)
-    if len(candidates) == 1 and args.model:
+    if len(candidates) == 1 and args.model and not args.out and not args.shard:
         return _verify_file(vs, *candidates[0])
+    candidates = candidates[shard::shards]
     from ipguard.progress import bar
 
     results = []
@@ -399,6 +403,20 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]
             results.append({**({"model": cand.name} if cand.name else {}), "file": cand.path, "verdict": None,
                             "error": _one_line(exc)})
     return results
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """``--shard I/K``: the I-th of K interleaved slices of the suspects (0-based)."""
+    if not text:
+        return 0, 1
+    i, sep, k = text.partition("/")
+    try:
+        shard, shards = int(i), int(k)
+    except ValueError:
+        shard, shards = -1, 0
+    if not sep or shards < 1 or not 0 <= shard < shards:
+        raise ConfigError(f"--shard: expected I/K with 0 <= I < K, e.g. 0/4, got '{text}'")
+    return shard, shards
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -505,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, help="significance level, in (0, 1) (default: the one stored at calibration)")
     p.add_argument("--expect-sha256", help="refuse a fingerprint file whose sha256 is not this")
     p.add_argument("--json", action="store_true", help="print one JSON object (one line per suspect for several)")
+    p.add_argument("--shard", metavar="I/K", help="verify only the I-th of K interleaved slices of the suspects (0-based), "
+                                                  "for a hub split over jobs (see ipguard.hub)")
+    p.add_argument("--out", metavar="FILE.jsonl", help="write the suspects' JSON lines to this file (atomically) as well")
     g = p.add_argument_group("a suspect behind a prediction service (--url)")
     g.add_argument("--url", help="the service: its base address or endpoint (MLflow serving or Open Inference Protocol v2)")
     g.add_argument("--protocol", choices=["mlflow", "v2"], help="default: asked of the server (/v2/health/ready, /ping)")
@@ -586,6 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ipguard {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     if isinstance(result, list):  # several suspects: one line each; a suspect that could not be checked: status 2
+        if getattr(args, "out", None):
+            from ipguard.io import write_text
+
+            write_text(args.out, "".join(json.dumps(item, sort_keys=True) + "\n" for item in result))
         for item in result:
             print(json.dumps(item, sort_keys=True) if args.json else _summary_line(item))
         return 2 if any(item.get("error") for item in result) else 0

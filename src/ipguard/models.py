@@ -305,6 +305,9 @@ class PixelModel(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.storage = storage
+        # A transformation of the inputs before anything else (an evasion: ipguard.transforms),
+        # recorded in the sidecar; None for almost every model.
+        self.input_transform: nn.Module | None = None
         # What built the network (set by build_model): students of this model are built from it.
         self.arch: str | None = None
         self.arch_kwargs: dict[str, Any] = {}
@@ -316,6 +319,8 @@ class PixelModel(nn.Module):
         return next(self.net.parameters()).dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
         z = (x - self.mean) / self.std
         return self.net(z.to(self.compute_dtype)).float()
 
@@ -379,6 +384,13 @@ def build_model(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | N
             raise ModelFileError(f"{source}: weights do not fit architecture '{meta['arch']}' ({first})") from exc
     if meta.get("compute") == "float32":
         model.net.float()
+    if meta.get("input_transform") is not None:
+        from ipguard.transforms import from_spec
+
+        try:
+            model.input_transform = from_spec(meta["input_transform"], f"{source}: input_transform")
+        except ConfigError as exc:
+            raise ModelFileError(str(exc)) from exc
     model.eval()
     return model
 
@@ -406,6 +418,7 @@ def model_meta(
         },
         "storage": model.storage,
         **({"compute": "float32"} if model.storage in HALF_STORAGE and model.compute_dtype == torch.float32 else {}),
+        **({"input_transform": model.input_transform.spec()} if model.input_transform is not None else {}),  # type: ignore[operator]
         **extra,
     }
 

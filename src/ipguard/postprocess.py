@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 
 import torch
@@ -218,6 +219,24 @@ def bfloat16(model: PixelModel, data: Split, seed: int, compute: str = "half") -
     deployed models use; a coarser rounding of every weight than float16's. Arithmetic in
     bfloat16 (``compute="half"``) or in float32 on the rounded weights (``compute="float32"``)."""
     return _sixteen_bit(model, "bfloat16", compute)
+
+
+@register_postprocess("evade")
+def evade(model: PixelModel, data: Split, seed: int, transform: str = "jpeg", params: dict | None = None) -> PixelModel:
+    """The owner's copy behind an input transformation (:mod:`ipguard.transforms`): JPEG, Gaussian
+    noise, bit-depth reduction, median filtering or random resizing and padding, the defences
+    against adversarial examples that a thief may put in front of a stolen model to wash out
+    boundary fingerprints (which are adversarial examples of the owner). ``params``: the
+    transformation's own keyword arguments; a random one without a ``seed`` gets the entry's."""
+    from ipguard.transforms import TRANSFORMS, InputTransform
+
+    kwargs = dict(params or {})
+    fn = TRANSFORMS.get(transform, "evade.transform")
+    if "seed" in inspect.signature(fn).parameters:
+        kwargs.setdefault("seed", seed)
+    out = copy.deepcopy(model)
+    out.input_transform = InputTransform(transform, "evade.params", **kwargs)
+    return out
 
 
 def _student(

@@ -280,6 +280,56 @@ def settings_table(costs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
     return rows
 
 
+EVASION_FAMILY = "evasion"
+EVASION_ACCURACY_POINTS = 2.0  # issue 12: evasions that cost the thief at most this much accuracy
+
+
+def evasion_section(table: pd.DataFrame, verdicts: pd.DataFrame | None, level: float,
+                    max_cost: float = EVASION_ACCURACY_POINTS) -> str:
+    """Which fingerprints survive input transformations (family ``evasion``): per evaded copy, the
+    accuracy it costs the thief and, per method, its matching rate and verdict; then, per method,
+    the share of the evasions that cost at most ``max_cost`` points still called pirated.
+
+    Every part (dev and test) is shown: no setting is chosen on these rows.
+    """
+    ev = table[table["family"] == EVASION_FAMILY]
+    owner = table[table["kind"] == "owner"]
+    if ev.empty or owner.empty:
+        return ""
+    owner_acc = float(owner["test_accuracy"].iloc[0])
+    verdict_of: dict[tuple[str, str], str] = {}
+    if verdicts is not None and not verdicts.empty:
+        verdict_of = {(r.method, r.suspect): r.verdict for r in verdicts.itertuples()}
+    short = {"pirated": "P", "independent": "I", "inconclusive": "?"}
+    methods = list(dict.fromkeys(ev["method"]))
+    rows, cheap = [], set()
+    for suspect, df in ev.groupby("suspect", sort=False):
+        cost = 100 * (owner_acc - float(df["test_accuracy"].iloc[0]))
+        if cost <= max_cost:
+            cheap.add(suspect)
+        row: dict[str, Any] = {"copy": suspect, "part": df["part"].iloc[0] if "part" in df else None,
+                               "accuracy cost (points)": round(cost, 2)}
+        for r in df.itertuples():
+            v = verdict_of.get((r.method, suspect))
+            row[r.method] = f"{r.matching_rate:.2f}" + (f" {short.get(v, v)}" if v else "")
+        rows.append(row)
+    summary = []
+    for method in methods:
+        kept = [verdict_of.get((method, s)) == "pirated" for s in sorted(cheap)]
+        summary.append({"method": method, f"evasions within {max_cost:g} points": len(kept),
+                        "still called pirated": f"{sum(kept)}/{len(kept)}" if kept else "-"})
+    return "\n".join([
+        "\n## Evasions: the copy behind an input transformation\n",
+        f"The owner's copy answers through JPEG compression, Gaussian noise, bit-depth reduction, a median filter or "
+        f"random resizing and padding (`postprocess/evasions.yaml`). Accuracy cost = the owner's test accuracy minus "
+        f"the evaded copy's; each cell is the matching rate (SAC: similarity) and the verdict at level {level:g} "
+        "(P pirated, I independent, ? inconclusive). Dev and test copies alike: nothing is chosen on them.\n",
+        md_table(rows),
+        f"\nFingerprints that survive the evasions a thief can afford (accuracy cost at most {max_cost:g} points):\n",
+        md_table(summary),
+    ])
+
+
 def markdown_report(
     table: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
     experiment: str, description: str, max_fpr: float,
@@ -364,6 +414,7 @@ def markdown_report(
         parts.append(md_table(rows))
     if combined and combined_methods:
         parts.append(combined_section(combined, combined_methods, metrics, fpr_label))
+    parts.append(evasion_section(table, verdicts, level))
     parts.append("\n## Matching rate of every suspect\n")
     if "score" in table.columns and (table["score"].fillna("match") != "match").any():
         sac = ", ".join(sorted(table.loc[table["score"].fillna("match") != "match", "method"].unique()))
