@@ -4,6 +4,7 @@ Protocol v2's JSON over real HTTP on a loopback port, with faults to inject.
 A service wraps a model (pixels in [0, 1] in, logits out) and can: answer labels or logits;
 fail its first requests with 503 (and ``Retry-After``); answer too slowly; answer too few
 predictions; answer garbage; answer at random (so a point asked twice may change its label);
+answer a wrong label wherever its own confidence is low (an OOD-detecting copy);
 refuse requests without the right ``Authorization`` header. It counts requests and images.
 """
 
@@ -32,6 +33,7 @@ class Faults:
     random_share: float = 0.0    # answer a random label for this share of images
     token: str | None = None     # require 'Authorization: Bearer <token>'
     labels_only: bool = False    # answer labels instead of logits
+    msp_below: float = 0.0       # an OOD-detecting copy: a wrong label where its top softmax is below this
     seed: int = 0
 
 
@@ -102,11 +104,14 @@ def _handler(model: torch.nn.Module, protocol: str, name: str, model_shape: tupl
             with torch.no_grad():
                 logits = model(x)
             labels = logits.argmax(1).numpy()
+            if faults.msp_below:
+                flagged = (logits.softmax(1).max(1).values < faults.msp_below).numpy()
+                labels = np.where(flagged, (labels + 1) % logits.shape[1], labels)
             if faults.random_share:
                 flip = gen.random(len(labels)) < faults.random_share
                 labels = np.where(flip, gen.integers(0, logits.shape[1], len(labels)), labels)
             out: np.ndarray = labels if faults.labels_only else logits.numpy()
-            if faults.random_share and not faults.labels_only:
+            if (faults.random_share or faults.msp_below) and not faults.labels_only:
                 out = np.eye(logits.shape[1], dtype=np.float32)[labels] * 10
             if faults.drop:
                 out = out[: -faults.drop]

@@ -34,7 +34,7 @@ from ipguard.remote import (
     split_url,
 )
 from services import Faults, serve
-from test_cli import N_NEG, _json, _negatives, _refused, calibrated, raw_set, zoo  # noqa: F401 - fixtures
+from test_cli import N_NEG, _json, _negatives, _refused, calibrated, digits_folder, raw_set, zoo  # noqa: F401 - fixtures
 
 # ----------------------------------------------------------------------------- the library
 
@@ -232,6 +232,64 @@ def test_the_service_client_counts_its_queries_under_a_rate_limit(zoo: Path) -> 
         answers = service.predict(torch.rand(12, 1, 8, 8))
     assert answers.labels.shape == (12,) and service.requests == stats.requests == 3 and service.queries == 12
     assert slept == [0.5, 0.5]
+
+
+# ----------------------------------------------------------------------------- decoys
+
+
+@pytest.fixture(scope="module")
+def with_decoys(zoo: Path, digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The owner's IPGuard set with 30 decoys from held-out digits, calibrated on neg00..neg11."""
+    out = tmp_path_factory.mktemp("decoys") / "fp.safetensors"
+    assert main(["fingerprint", "--model", str(zoo / "owner.safetensors"), "--n", "40", "--k", "1", "--data",
+                 str(digits_folder), "--data-limit", "100", "--decoys", "30", "--out", str(out)]) == 0
+    assert main(["calibrate", "--fingerprints", str(out), "--negatives", *_negatives(zoo)]) == 0
+    return out.with_name("fp.calibrated.safetensors")
+
+
+def test_decoys_are_confident_held_out_images_kept_and_hashed_with_the_set(with_decoys: Path, zoo: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from ipguard.io import load_fingerprint_bundle, save_fingerprint_file
+
+    inputs, labels, outputs, decoys, meta = load_fingerprint_bundle(with_decoys)
+    assert decoys is not None and decoys[0].shape == (30, 1, 8, 8) and meta["decoys"] == 30
+    owner, _ = load_model(str(zoo / "owner.safetensors"))
+    with torch.no_grad():
+        top = owner(decoys[0]).softmax(1).max(1).values
+        assert torch.equal(owner(decoys[0]).argmax(1), decoys[1])
+        assert float(top.min()) > float(owner(inputs).softmax(1).max(1).values.median())
+    cal = meta["decoy_calibration"]
+    assert cal["n"] == 30 and len(cal["agreements"]) == N_NEG - 1
+    copy = _json(capsys, ["verify", "--fingerprints", str(with_decoys), "--model", str(zoo / "copy.safetensors")])
+    assert copy["verdict"] == "pirated" and copy["decoys"] == 30 and copy["decoy_agreement"] > 0.9
+    # An edited decoy is an altered set.
+    tampered = tmp_path / "t.safetensors"
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    save_fingerprint_file(tampered, inputs, labels, body, outputs, (decoys[0], decoys[1]))
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    tensors = load_file(str(tampered))
+    tensors["decoy_labels"] = (tensors["decoy_labels"] + 1) % 10
+    with safe_open(str(tampered), framework="pt") as handle:
+        header = handle.metadata()
+    save_file(tensors, str(tampered), metadata=header)
+    _refused(capsys, ["verify", "--fingerprints", str(tampered), "--model", str(zoo / "copy.safetensors")], "altered")
+
+
+def test_a_service_that_detects_fingerprints_is_inconclusive_with_decoys(with_decoys: Path, calibrated: Path, zoo: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A copy that answers a wrong label wherever its confidence is low (fingerprints lie near the
+    boundary; decoys far from it) evades a set without decoys, and not one with them."""
+    model, _ = load_model(str(zoo / "copy.safetensors"))
+    with serve(model, faults=Faults(msp_below=0.9, labels_only=True)) as (url, _stats):
+        plain = _json(capsys, _url_argv(calibrated, url))
+        guarded = _json(capsys, _url_argv(with_decoys, url))
+    assert plain["verdict"] == "independent" and "decoys" not in plain
+    assert guarded["verdict"] == "inconclusive" and "detect fingerprint queries" in guarded["reason"], guarded
+    assert guarded["decoy_agreement"] == 1.0 and guarded["queries"] == 70 + 7
+    with serve(model) as (url, _stats):  # the honest copy behind the same service
+        assert _json(capsys, _url_argv(with_decoys, url))["verdict"] == "pirated"
 
 
 # ----------------------------------------------------------------------------- many suspects at once

@@ -92,6 +92,9 @@ def _normalization(path: str, arch: str | None, mean: list[float] | None, std: l
     return mean, std
 
 
+# Decoys are the most confidently labelled of this many held-out images per decoy.
+DECOY_POOL_FACTOR = 10
+
 # Chosen on the CIFAR-10 dev suspects (README, "Defaults"): k = 30 by dev ARUC; among the variants,
 # the one whose calibrated verdicts call every dev copy pirated (ipguard_noise_ll has the best dev
 # ARUC, but its independents match almost nothing, and so unevenly that p stays above 1e-3).
@@ -123,18 +126,38 @@ def cmd_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
     model, meta = load_suspect(args.model, args.arch, mean, std, args.num_classes, args.input_shape,
                                arch_kwargs=args.arch_kwargs)
     shape, classes = tuple(meta["input_shape"]), int(meta["num_classes"])
+    if args.decoys and not args.data:
+        raise ConfigError("--decoys: needs --data (held-out images to choose them from)")
+    if args.decoys < 0:
+        raise ConfigError(f"--decoys: must be >= 0, got {args.decoys}")
+    held_out = None
     if args.data:
-        pool = image_folder(args.data, shape, args.data_limit, int(entry.get("seed", 0)))
+        # Decoys come from images beyond the first --data-limit (a seeded order), so that they are
+        # never the starts of fingerprint points and the points are those of a set without decoys.
+        extra = max(DECOY_POOL_FACTOR * args.decoys, args.decoys) if args.decoys else 0
+        loaded = image_folder(args.data, shape, args.data_limit + extra, int(entry.get("seed", 0)))
+        pool = Split(loaded.x[: args.data_limit], loaded.y[: args.data_limit])
+        held_out = Split(loaded.x[args.data_limit :], loaded.y[args.data_limit :])
     else:
         import torch
 
         pool = Split(torch.empty((0, *shape)), torch.empty(0, dtype=torch.int64))
     result = generate(entry["method"], model, pool, shape, classes, where=f"--method {args.method}", **kwargs)
+    decoys = None
+    if args.decoys:
+        from ipguard.decoys import choose_decoys
+
+        if held_out is None or held_out.x.shape[0] < args.decoys:
+            raise ConfigError(f"--decoys: {args.data} holds {0 if held_out is None else held_out.x.shape[0]} images beyond "
+                              f"--data-limit {args.data_limit}, fewer than the {args.decoys} decoys asked for")
+        decoys = choose_decoys(model, held_out, args.decoys)
     fmeta = {"name": args.method, "method": entry["method"], "config": entry, "seed": int(entry.get("seed", 0)),
              "owner_sha256": meta["sha256"], "owner": Path(args.model).name, "dataset": args.data or "none",
-             "num_classes": classes, "input_shape": list(shape), "stats": result.stats(), "score": result.score}
-    digest = save_fingerprint_file(args.out, result.inputs, result.labels, fmeta, outputs=result.outputs)
-    return {"fingerprints": str(args.out), "sha256": digest, "method": args.method, **result.stats()}
+             "num_classes": classes, "input_shape": list(shape), "stats": result.stats(), "score": result.score,
+             **({"decoys": args.decoys} if decoys is not None else {})}
+    digest = save_fingerprint_file(args.out, result.inputs, result.labels, fmeta, outputs=result.outputs, decoys=decoys)
+    return {"fingerprints": str(args.out), "sha256": digest, "method": args.method, **result.stats(),
+            **({"decoys": args.decoys} if decoys is not None else {})}
 
 
 def _check_fits(path: str, meta: dict[str, Any], fmeta: dict[str, Any]) -> None:
@@ -237,14 +260,14 @@ def _negative_candidates(args: argparse.Namespace) -> list[tuple[Candidate, str 
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    from ipguard.io import load_fingerprint_set, save_fingerprint_file, sha256_file
+    from ipguard.io import load_fingerprint_bundle, save_fingerprint_file, sha256_file
     from ipguard.stats import fit_calibration, fit_score_calibration
 
     _level(args)
     out = Path(args.out) if args.out else default_calibrated_path(args.fingerprints)
     if _same_file(out, args.fingerprints):
         raise ConfigError(f"--out: {out} is the input set; calibrate writes a new file and never changes its input")
-    inputs, labels, outputs, fmeta = load_fingerprint_set(args.fingerprints)
+    inputs, labels, outputs, decoys, fmeta = load_fingerprint_bundle(args.fingerprints)
     kind = str(fmeta.get("score", "match"))
     candidates = _negative_candidates(args)
     # Hashes first: refuse the owner and duplicates before loading anything.
@@ -271,6 +294,8 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
         result = _match(model, inputs, labels, cand.path, kind, outputs)
         negatives.append({"model": cand.name or Path(cand.path).name, "file": Path(cand.path).name,
                           "model_sha256": meta["sha256"], "matches": result.matches, "matching_rate": result.score})
+        if decoys is not None:
+            negatives[-1]["decoy_agreements"] = _match(model, decoys[0], decoys[1], cand.path).matches
     names = [m["model"] for m in negatives]
     extra = {"models": names} if "models" in inspect.signature(fit_calibration).parameters else {}
     try:
@@ -282,7 +307,12 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"calibrate: {exc}") from exc
     fmeta.pop("sha256", None)
     calibration = {**cal.to_dict(), "negative_models": negatives}
-    digest = save_fingerprint_file(out, inputs, labels, {**fmeta, "calibration": calibration}, outputs=outputs)
+    if decoys is not None:
+        from ipguard.decoys import DecoyCalibration
+
+        fmeta["decoy_calibration"] = DecoyCalibration(int(decoys[1].numel()),
+                                                      tuple(m["decoy_agreements"] for m in negatives)).to_dict()
+    digest = save_fingerprint_file(out, inputs, labels, {**fmeta, "calibration": calibration}, outputs=outputs, decoys=decoys)
     return {"fingerprints": str(out), "input": str(args.fingerprints), "sha256": digest,
             "calibration": cal.to_dict(), "negatives": negatives}
 
@@ -299,14 +329,17 @@ class _VerifySet:
     kind: str
     cal: Any
     level: float
+    decoys: Any = None
+    decoy_cal: Any = None
 
 
 def _verify_set(args: argparse.Namespace) -> _VerifySet:
-    from ipguard.io import load_fingerprint_set
+    from ipguard.decoys import DecoyCalibration
+    from ipguard.io import load_fingerprint_bundle
     from ipguard.stats import Calibration, ScoreCalibration
 
     _level(args)
-    inputs, labels, outputs, fmeta = load_fingerprint_set(args.fingerprints, args.expect_sha256)
+    inputs, labels, outputs, decoys, fmeta = load_fingerprint_bundle(args.fingerprints, args.expect_sha256)
     kind = str(fmeta.get("score", "match"))
     if "calibration" not in fmeta:
         raise FingerprintFileError(f"{args.fingerprints}: not calibrated; run `ipguard calibrate` with independent models first")
@@ -318,7 +351,28 @@ def _verify_set(args: argparse.Namespace) -> _VerifySet:
     except (ValueError, KeyError, TypeError) as exc:
         raise FingerprintFileError(f"{args.fingerprints}: calibrated by an older ipguard; run calibrate again ({exc})") from exc
     level = args.level if args.level is not None else cal.level
-    return _VerifySet(args.fingerprints, inputs, labels, outputs, fmeta, kind, cal, level)
+    decoy_cal = None
+    if decoys is not None and "decoy_calibration" in fmeta:
+        try:
+            decoy_cal = DecoyCalibration.from_dict(fmeta["decoy_calibration"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FingerprintFileError(f"{args.fingerprints}: {exc}; run calibrate again") from exc
+    return _VerifySet(args.fingerprints, inputs, labels, outputs, fmeta, kind, cal, level, decoys, decoy_cal)
+
+
+def _with_decoys(vs: _VerifySet, out: dict[str, Any], agree: int | None) -> dict[str, Any]:
+    """The verdict ``out`` after the decoy check (:mod:`ipguard.decoys`), with the decoys' count."""
+    from ipguard.decoys import judge_decoys
+
+    if agree is None or vs.decoy_cal is None:
+        return out
+    n = int(vs.decoys[1].numel())
+    out.update(decoys=n, decoy_agreement=agree / n)
+    why = judge_decoys(agree, n, vs.decoy_cal, out["verdict"], vs.level)
+    if why is not None and out["verdict"] != "inconclusive":
+        p = "" if out.get("p_value") is None else f", p = {out['p_value']:.3g}"
+        out.update(verdict="inconclusive", reason=f"{why} (by the fingerprints alone: {out['verdict']}{p})")
+    return out
 
 
 def _verdict(vs: _VerifySet, result: Any) -> dict[str, Any]:
@@ -373,8 +427,10 @@ def _verify_file(vs: _VerifySet, cand: Candidate, expected_sha256: str | None) -
         check_manifest_file(ManifestModel(cand.name or Path(cand.path).stem, Path(cand.path), "", sha256=expected_sha256), "manifest")
     model, meta = _suspect(cand, vs.meta)
     result = _match(model, vs.inputs, vs.labels, cand.path, vs.kind, vs.outputs)
-    return {**({"model": cand.name} if cand.name else {}), "file": cand.path, **_verdict(vs, result),
-            "model_sha256": meta["sha256"]}
+    agree = _match(model, vs.decoys[0], vs.decoys[1], cand.path).matches if vs.decoy_cal is not None else None
+    out = {**({"model": cand.name} if cand.name else {}), "file": cand.path, **_verdict(vs, result),
+           "model_sha256": meta["sha256"]}
+    return _with_decoys(vs, out, agree)
 
 
 def cmd_verify(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
@@ -441,6 +497,8 @@ def _verify_url(args: argparse.Namespace, vs: _VerifySet) -> dict[str, Any]:
     """Verify a suspect behind a prediction service (:mod:`ipguard.remote`)."""
     import secrets
 
+    import torch
+
     from ipguard.remote import PredictionService, ServiceSpec, query_plan, survey
     from ipguard.verify import score_answers
 
@@ -458,8 +516,10 @@ def _verify_url(args: argparse.Namespace, vs: _VerifySet) -> dict[str, Any]:
     seed = args.query_seed if args.query_seed is not None else secrets.randbits(31)
     if not 0 <= args.repeat_share <= 1:
         raise ConfigError(f"--repeat-share: must lie in [0, 1], got {args.repeat_share:g}")
-    plan = query_plan(int(vs.labels.numel()), spec.batch_size, args.repeat_share, seed)
-    s = survey(service, vs.inputs, plan)
+    n = int(vs.labels.numel())
+    asked = vs.inputs if vs.decoy_cal is None else torch.cat([vs.inputs, vs.decoys[0]])
+    plan = query_plan(int(asked.shape[0]), spec.batch_size, args.repeat_share, seed)
+    s = survey(service, asked, plan)
     facts = {**service.describe(), "query_seed": seed, "repeated": s.repeated, "changed_answers": len(s.changed),
              "answered": int(s.answered.sum()), "model_sha256": None}
     if not s.complete:
@@ -467,11 +527,13 @@ def _verify_url(args: argparse.Namespace, vs: _VerifySet) -> dict[str, Any]:
                 "level": vs.level, "verdict": "inconclusive",
                 "reason": f"{s.stopped}: {int(s.answered.sum())} of {vs.labels.numel()} points answered; "
                           "raise --max-queries to decide", **_set_facts(vs), **facts}
+    labels, scores = s.answers.labels[:n], None if s.answers.logits is None else s.answers.logits[:n]
     try:
-        result = score_answers(vs.kind, vs.labels, s.answers.labels, s.answers.logits, vs.outputs)
+        result = score_answers(vs.kind, vs.labels, labels, scores, vs.outputs)
     except ValueError as exc:
         raise ConfigError(f"{args.url}: {exc}") from exc
-    out = {**_verdict(vs, result), **facts}
+    agree = int((s.answers.labels[n:] == vs.decoys[1]).sum()) if vs.decoy_cal is not None else None
+    out = _with_decoys(vs, {**_verdict(vs, result), **facts}, agree)
     if s.changed:
         out.update(verdict="inconclusive", reason=(
             f"the service changed its answer to {len(s.changed)} of {s.repeated} points asked twice: it answers "
@@ -496,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default: the method's config)")
     p.add_argument("--data", help="ImageFolder of real images, for methods that start from them")
     p.add_argument("--data-limit", type=int, default=1000, help="at most this many images of --data (default 1000)")
+    p.add_argument("--decoys", type=int, default=0,
+                   help="also keep this many decoys: images of --data beyond --data-limit that the owner labels with the "
+                        "largest margin, asked among the points by verify (a service that treats fingerprint queries "
+                        "apart then gets 'inconclusive'; default 0)")
     p.add_argument("--out", required=True, help="where to write the fingerprint set (.safetensors)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(run=cmd_fingerprint)
@@ -558,6 +624,8 @@ def _print_human(verb: str, result: dict[str, Any]) -> None:
             print(f"service: {result['url']} ({result['protocol']}); {result['queries']} queries in {result['requests']} "
                   f"requests, {result['retries']} retries; {result['repeated']} points asked twice, "
                   f"{result['changed_answers']} answers changed; query seed {result['query_seed']}")
+        if result.get("decoys"):
+            print(f"decoys: {result['decoy_agreement']:.3f} of {result['decoys']} labelled as the owner does")
         if result["matching_rate"] is None:
             pass
         elif result.get("score", "match") == "match":

@@ -137,11 +137,13 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 def save_fingerprint_file(
     path: str | os.PathLike[str], inputs: torch.Tensor, labels: torch.Tensor, meta: Mapping[str, Any],
-    outputs: torch.Tensor | None = None,
+    outputs: torch.Tensor | None = None, decoys: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> str:
     """Write a fingerprint set; returns the file's sha256.
 
     ``outputs``: the owner's logits on the points, for sets scored on them (``score: sac``).
+    ``decoys``: held-out images and the owner's labels of them, asked among the points by
+    ``ipguard verify`` to catch a service that treats fingerprint queries apart.
 
     ``meta`` (method config, seed, owner sha256, dataset, calibration, ...) is stored as JSON in
     the safetensors header, so the file stands alone. The sha256 of the whole file is what
@@ -155,13 +157,19 @@ def save_fingerprint_file(
     }
     if outputs is not None:
         tensors["outputs"] = outputs.detach().to(torch.float32).contiguous().cpu()
+    if decoys is not None:
+        if decoys[0].shape[0] != decoys[1].shape[0] or decoys[0].shape[1:] != inputs.shape[1:]:
+            raise ValueError("decoy inputs and labels differ in length, or from the points in shape")
+        tensors["decoy_inputs"] = decoys[0].detach().to(torch.float32).contiguous().cpu()
+        tensors["decoy_labels"] = decoys[1].detach().to(torch.int64).contiguous().cpu()
     meta_json = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
     # One header key only: safetensors writes its metadata map in no fixed order, so several
     # keys would give different bytes for the same set from one run to the next.
     header = {
         FINGERPRINT_FORMAT: json.dumps(
             {"meta": meta_json,
-             "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json, tensors.get("outputs"))},
+             "content_sha256": _content_sha256(tensors["inputs"], tensors["labels"], meta_json, tensors.get("outputs"),
+                                               _decoys_of(tensors))},
             sort_keys=True,
         )
     }
@@ -171,9 +179,15 @@ def save_fingerprint_file(
     return digest
 
 
-def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str, outputs: torch.Tensor | None = None) -> str:
-    """Hash of what a fingerprint set says (points, labels, metadata, the owner's outputs if kept):
-    catches edits to any of them. A set without outputs hashes as it did before they existed."""
+def _decoys_of(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return (tensors["decoy_inputs"], tensors["decoy_labels"]) if "decoy_inputs" in tensors else None
+
+
+def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str, outputs: torch.Tensor | None = None,
+                    decoys: tuple[torch.Tensor, torch.Tensor] | None = None) -> str:
+    """Hash of what a fingerprint set says (points, labels, metadata, the owner's outputs and the
+    decoys if kept): catches edits to any of them. A set without outputs or decoys hashes as it
+    did before they existed."""
     digest = hashlib.sha256()
     digest.update(str(tuple(inputs.shape)).encode())
     digest.update(inputs.contiguous().numpy().tobytes())
@@ -182,6 +196,10 @@ def _content_sha256(inputs: torch.Tensor, labels: torch.Tensor, meta_json: str, 
     if outputs is not None:
         digest.update(str(tuple(outputs.shape)).encode())
         digest.update(outputs.contiguous().numpy().tobytes())
+    if decoys is not None:
+        digest.update(b"decoys" + str(tuple(decoys[0].shape)).encode())
+        digest.update(decoys[0].contiguous().numpy().tobytes())
+        digest.update(decoys[1].contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -197,6 +215,14 @@ def load_fingerprint_set(
     path: str | os.PathLike[str], expected_sha256: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """:func:`load_fingerprint_file` with the owner's outputs too (None for a set that keeps none)."""
+    inputs, labels, outputs, _, meta = load_fingerprint_bundle(path, expected_sha256)
+    return inputs, labels, outputs, meta
+
+
+def load_fingerprint_bundle(
+    path: str | os.PathLike[str], expected_sha256: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, dict[str, Any]]:
+    """:func:`load_fingerprint_set` with the decoys too (None for a set that keeps none)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -216,8 +242,11 @@ def load_fingerprint_set(
     if not isinstance(meta, dict):
         raise FingerprintFileError(f"{path}: metadata must be a JSON object")
     assert isinstance(header, dict)
-    if set(tensors) not in ({"inputs", "labels"}, {"inputs", "labels", "outputs"}):
-        raise FingerprintFileError(f"{path}: expected tensors 'inputs', 'labels' (and 'outputs'), found {sorted(tensors)}")
+    names = set(tensors) - {"decoy_inputs", "decoy_labels"}
+    if names not in ({"inputs", "labels"}, {"inputs", "labels", "outputs"}) or \
+            len({"decoy_inputs", "decoy_labels"} & set(tensors)) == 1:
+        raise FingerprintFileError(f"{path}: expected tensors 'inputs', 'labels' (and 'outputs', 'decoy_inputs' with "
+                                   f"'decoy_labels'), found {sorted(tensors)}")
     inputs, labels, outputs = tensors["inputs"], tensors["labels"], tensors.get("outputs")
     if inputs.dtype != torch.float32 or labels.dtype != torch.int64:
         raise FingerprintFileError(f"{path}: inputs must be float32 and labels int64")
@@ -230,10 +259,14 @@ def load_fingerprint_set(
         raise FingerprintFileError(f"{path}: outputs {tuple(outputs.shape)} are not finite float32 logits, one row per point")
     if meta.get("score", "match") == "sac" and outputs is None:
         raise FingerprintFileError(f"{path}: a set scored by 'sac' must keep the owner's outputs, and this one has none")
-    if header.get("content_sha256") != _content_sha256(inputs, labels, header.get("meta", "{}"), outputs):
+    decoys = _decoys_of(tensors)
+    if decoys is not None and (decoys[0].dtype != torch.float32 or decoys[1].dtype != torch.int64
+                               or decoys[0].shape[1:] != inputs.shape[1:] or decoys[0].shape[0] != decoys[1].shape[0]):
+        raise FingerprintFileError(f"{path}: decoys {tuple(decoys[0].shape)} / {tuple(decoys[1].shape)} do not fit the points")
+    if header.get("content_sha256") != _content_sha256(inputs, labels, header.get("meta", "{}"), outputs, decoys):
         raise FingerprintFileError(f"{path}: content does not match its recorded sha256 (the set was altered)")
     meta["sha256"] = digest
-    return inputs, labels, outputs, meta
+    return inputs, labels, outputs, decoys, meta
 
 
 def save_tensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor]) -> None:
