@@ -76,6 +76,11 @@ class TrainingCfg:
     # weights in float32), on CUDA and on the CPU (about 2x faster where the CPU has AVX512-BF16
     # or AMX, much slower where it has neither). Models are stored and evaluated in float32.
     autocast: str = "none"
+    # Lookahead (airbench94's): every lookahead_every steps the weights (and BatchNorm statistics)
+    # are pulled towards an exponential average of themselves, whose decay grows with progress
+    # (0.95 ** every x progress ** 3), and the average is the final model.
+    lookahead: bool = False
+    lookahead_every: int = 5
 
 
 @dataclass

@@ -159,6 +159,25 @@ def check_training(cfg: TrainingCfg, where: str = "training") -> None:
         raise ConfigError(f"{where}.max_samples: must be an integer >= 0 (0: every example each epoch), got {cfg.max_samples!r}")
     if not isinstance(cfg.augment, bool):
         raise ConfigError(f"{where}.augment: must be true or false, got {cfg.augment!r}")
+    if not isinstance(cfg.lookahead, bool):
+        raise ConfigError(f"{where}.lookahead: must be true or false, got {cfg.lookahead!r}")
+    if not isinstance(cfg.lookahead_every, int) or isinstance(cfg.lookahead_every, bool) or cfg.lookahead_every < 1:
+        raise ConfigError(f"{where}.lookahead_every: must be an integer >= 1, got {cfg.lookahead_every!r}")
+
+
+class Lookahead:
+    """airbench94's lookahead (Jordan, arXiv 2404.00498, after Zhang et al., NeurIPS 2019): an
+    exponential average of the floating-point state that the model is reset to at each update."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        for key, value in model.state_dict().items():
+            if key in self.average:
+                self.average[key].lerp_(value, 1.0 - decay)
+                value.copy_(self.average[key])
 
 
 def train(
@@ -206,6 +225,7 @@ def train(
     model.train(parameters is None)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    lookahead = Lookahead(model) if cfg.lookahead and parameters is None else None
     try:
         for _ in bar(range(cfg.epochs), desc=desc, unit="epoch"):
             order = torch.randperm(x.shape[0], generator=gen)[:per_epoch]
@@ -224,8 +244,12 @@ def train(
                 if after_step is not None:
                     after_step()
                 step += 1
+                if lookahead is not None and step % cfg.lookahead_every == 0:
+                    lookahead.update(model, 0.95**cfg.lookahead_every * (step / total) ** 3)
                 total_loss += batch_loss.item() * idx.shape[0]
             history.append(total_loss / per_epoch)
+        if lookahead is not None:
+            lookahead.update(model, 1.0)  # the average is the model
     finally:
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
