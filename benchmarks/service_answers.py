@@ -58,10 +58,10 @@ def main() -> None:
         suspects.append((name, "owner" if name == "owner" else "positive" if kind == "positive" else "negative", model))
     owner = suspects[0][2]
     test = load_split("test")
-    with torch.no_grad():
-        natural = logits(owner, test.x).softmax(1).max(1).values
+    owner_test = logits(owner, test.x)  # once: both the detector's threshold and the decoys come from it
+    natural = owner_test.softmax(1).max(1).values
     threshold = float(torch.quantile(natural, 1 - PASS_SHARE))
-    margin = logits(owner, test.x).topk(2, dim=1).values
+    margin = owner_test.topk(2, dim=1).values
     decoys = torch.argsort(margin[:, 0] - margin[:, 1], descending=True, stable=True)[: args.decoys]
     decoy_flagged = float((natural[decoys] < threshold).float().mean())
     rows: list[dict[str, Any]] = []
