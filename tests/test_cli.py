@@ -510,3 +510,42 @@ def test_sac_sets_calibrate_and_verify_in_the_right_direction(method: str, zoo: 
     capsys.readouterr()
     assert main(["verify", "--fingerprints", str(calibrated), "--model", str(zoo / "copy.safetensors")]) == 0
     assert f"{method} similarity" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- CAE (trains models of its own)
+
+
+@pytest.fixture(scope="module")
+def owner_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The owner's own training digits (its first 900) as an ImageFolder of 8x8 PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("owner-data")
+    digits = load_digits()
+    for i in range(900):
+        folder = root / str(digits.target[i])
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L").save(folder / f"{i}.png")
+    return root
+
+
+def test_cae_trains_on_the_owners_images_and_its_copy_matches(zoo: Path, owner_folder: Path, digits_folder: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--method cae` trains its surrogates and references on --train-data, starts from --data,
+    and takes config changes with --set; the copy matches the points better than any negative."""
+    owner = str(zoo / "owner.safetensors")
+    base = ["fingerprint", "--model", owner, "--method", "cae", "--n", "20", "--data", str(digits_folder)]
+    _refused(capsys, [*base, "--out", str(tmp_path / "no.safetensors")], "--train-data")
+    _refused(capsys, [*base, "--train-data", str(digits_folder), "--out", str(tmp_path / "no.safetensors")], "must not be --data")
+    _refused(capsys, [*base, "--set", "eps", "--train-data", str(owner_folder), "--out", str(tmp_path / "no.safetensors")], "KEY=VALUE")
+    assert not (tmp_path / "no.safetensors").exists()
+    raw = tmp_path / "cae.safetensors"
+    made = _json(capsys, [*base, "--train-data", str(owner_folder), "--set", "eps=0.1", "--set", "alpha=0.01",
+                          "--set", "steps=10", "--set", "candidates=80", "--out", str(raw)])
+    inputs, labels, meta = load_fingerprint_file(raw)
+    assert 0 < made["n"] <= 20 and inputs.shape[0] == made["n"] and meta["config"]["eps"] == 0.1
+    assert made["surrogate_agreement"] > made["reference_agreement"]
+    cal = _json(capsys, ["calibrate", "--fingerprints", str(raw), "--negatives", *_negatives(zoo)])
+    copy = _json(capsys, ["verify", "--fingerprints", cal["fingerprints"], "--model", str(zoo / "copy.safetensors")])
+    assert copy["matching_rate"] > max(n["matching_rate"] for n in cal["negatives"]), (copy, cal["negatives"])

@@ -10,7 +10,8 @@ import yaml
 
 from ipguard.fingerprint import generate, list_methods
 from ipguard.models import load_model, predict
-from ipguard.stages.common import load_pool
+from ipguard.errors import ConfigError
+from ipguard.stages.common import load_pool, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +34,13 @@ def test_method_produces_owner_labelled_points(in_workspace: Path, name: str) ->
     entry = dict(_entries()[name])
     method = entry.pop("method")
     pool = load_pool(entry.pop("pool", "test"))
+    if "data" in entry:
+        entry["data"] = load_split(entry["data"])
     entry["n"] = 12
     if method == "cw":
         entry["steps"] = 10
+    if method == "cae":  # 8/255 is half a grey level of the 16-level digits: nothing would flip
+        entry.update(eps=0.1, alpha=0.01, steps=10, candidates=40)
     owner, _ = load_model("models/zoo/owner.safetensors")
     fp = generate(method, owner, pool, (1, 8, 8), 10, **entry)
     assert fp.inputs.shape[1:] == (1, 8, 8) and 0 < fp.inputs.shape[0] <= 12
@@ -86,3 +91,40 @@ def test_sac_queries_are_held_out_images_with_a_corner_square_and_keep_the_owner
     assert labels_only.score == "sac_label" and labels_only.outputs is None
     with pytest.raises(Exception, match="query"):
         generate("sac", owner, pool, (1, 8, 8), 10, n=12, query="mixup", seed=0)
+
+
+def test_cae_keeps_points_its_surrogates_follow_and_its_references_do_not(in_workspace: Path) -> None:
+    """CAE (Lukas et al., ICLR 2021) on the digits owner: every kept point is a held-out image
+    moved within eps that the owner labels anew, ranked by conferrability; the owner's own
+    surrogates agree with it there more often than the independent references do."""
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    pool, data = load_pool("test"), load_split("owner")
+    kwargs = dict(n=20, candidates=60, surrogates=[{"method": "distill", "seed": 1, "epochs": 10}, {"method": "extract", "seed": 2, "epochs": 10}],
+                  references=[{"seed": 3, "epochs": 10}, {"seed": 4, "epochs": 10}], eps=0.1, alpha=0.01, steps=20, seed=0, data=data)
+    fp = generate("cae", owner, pool, (1, 8, 8), 10, **kwargs)
+    assert 0 < fp.inputs.shape[0] <= 20 and torch.equal(fp.labels, predict(owner, fp.inputs))
+    assert fp.start_labels is not None and bool((fp.start_labels != fp.labels).all())
+    picked = generate("random_real", owner, pool, (1, 8, 8), 10, n=60, seed=0).inputs
+    for x in fp.inputs:  # within eps of one of the candidates (the same seeded draw as random_real)
+        assert float((picked - x).abs().flatten(1).amax(1).min()) <= 0.1 + 1e-6
+    assert fp.extra["surrogate_agreement"] > fp.extra["reference_agreement"]
+    again = generate("cae", owner, pool, (1, 8, 8), 10, **kwargs)
+    assert torch.equal(again.inputs, fp.inputs) and torch.equal(again.labels, fp.labels)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": None}, "training images"),
+        ({"surrogates": []}, "surrogates"),
+        ({"surrogates": [{"method": "ftal"}]}, r"surrogates\[0\].method"),
+        ({"references": [{"seed": 1, "widths": 3}]}, r"references\[0\]: unknown key 'widths'"),
+        ({"candidates": 5}, "candidates >= n"),
+        ({"eps": 0.0}, "eps > 0"),
+    ],
+)
+def test_cae_rejects_bad_settings_before_training(in_workspace: Path, change: dict, message: str) -> None:
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    kwargs = dict(n=10, candidates=20, surrogates=[{"method": "distill"}], references=[{"seed": 3}], data=load_split("owner")) | change
+    with pytest.raises(ConfigError, match=message):
+        generate("cae", owner, load_pool("test"), (1, 8, 8), 10, **kwargs)

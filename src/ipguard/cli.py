@@ -112,12 +112,20 @@ def method_config(name: str) -> dict[str, Any]:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
     from ipguard.data import Split, image_folder
     from ipguard.fingerprint import RESERVED_KEYS, generate
     from ipguard.foreign import load_suspect
     from ipguard.io import save_fingerprint_file
 
     entry = method_config(args.method)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key in RESERVED_KEYS:
+            raise ConfigError(f"--set: expected KEY=VALUE with a key of the method's config other than "
+                              f"{', '.join(RESERVED_KEYS)}, got '{item}'")
+        entry[key] = yaml.safe_load(value)
     for key in ("n", "k", "seed"):
         if getattr(args, key) is not None:
             entry[key] = getattr(args, key)
@@ -142,6 +150,12 @@ def cmd_fingerprint(args: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         pool = Split(torch.empty((0, *shape)), torch.empty(0, dtype=torch.int64))
+    if "data" in entry:  # a method that trains models of its own (cae) on the owner's own images
+        if not args.train_data:
+            raise ConfigError(f"--method {args.method}: needs --train-data, the owner's own training images (ImageFolder)")
+        if args.data and Path(args.data).resolve() == Path(args.train_data).resolve():
+            raise ConfigError("--train-data: must not be --data; the points start from held-out images")
+        kwargs["data"] = image_folder(args.train_data, shape, args.train_limit or None, int(entry.get("seed", 0)))
     result = generate(entry["method"], model, pool, shape, classes, where=f"--method {args.method}", **kwargs)
     decoys = None
     if args.decoys:
@@ -556,8 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of points (default: the method's config)")
     p.add_argument("--k", type=float, help="IPGuard margin k (default: the method's config)")
     p.add_argument("--seed", type=int, help="random seed (default: the method's config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a key of the method's config (a YAML value), e.g. --set eps=0.1; may be repeated")
     p.add_argument("--data", help="ImageFolder of real images, for methods that start from them")
     p.add_argument("--data-limit", type=int, default=1000, help="at most this many images of --data (default 1000)")
+    p.add_argument("--train-data", help="ImageFolder of the owner's own training images, for methods that train models "
+                   "of their own on them (cae: surrogates and references)")
+    p.add_argument("--train-limit", type=int, default=0, help="at most this many images of --train-data (default 0: all)")
     p.add_argument("--decoys", type=int, default=0,
                    help="also keep this many decoys: images of --data beyond --data-limit that the owner labels with the "
                         "largest margin, asked among the points by verify (a service that treats fingerprint queries "

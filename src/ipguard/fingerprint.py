@@ -59,7 +59,8 @@ MethodFn = Callable[..., FingerprintSet]
 # Called as ``fn(model, pool, input_shape, num_classes, **entry)``.
 METHODS: Registry[MethodFn] = Registry("fingerprint method", leading=("model", "pool", "input_shape", "num_classes"))
 register_method = METHODS.register
-RESERVED_KEYS = ("method", "pool")
+# ``data``: the split a method trains models of its own on (``cae``), loaded and passed by the pipeline.
+RESERVED_KEYS = ("method", "pool", "data")
 SCORE_KINDS = ("match", "sac", "sac_label")
 
 
@@ -348,3 +349,114 @@ def sac_label(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_c
     if x.shape[0] < 2:
         raise ConfigError("fingerprint.sac_label: needs at least 2 queries (the owner misclassifies fewer)")
     return FingerprintSet(inputs=x, labels=predict(model, x), score="sac_label")
+
+
+def _cae_outputs(model: nn.Module, surrogates: list[nn.Module], references: list[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The owner's probabilities, the surrogates' mean probabilities and the references' largest
+    probability per class on ``x``."""
+    p_owner = torch.softmax(model(x), 1)
+    p_surrogates = torch.stack([torch.softmax(s(x), 1) for s in surrogates]).mean(0)
+    p_references = torch.stack([torch.softmax(r(x), 1) for r in references]).amax(0)
+    return p_owner, p_surrogates, p_references
+
+
+@register_method("cae")
+def cae(
+    model: nn.Module,
+    pool: Split,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    n: int = 100,
+    candidates: int = 300,
+    surrogates: list | None = None,
+    references: list | None = None,
+    eps: float = 8 / 255,
+    alpha: float = 1 / 255,
+    steps: int = 50,
+    batch_size: int = 256,
+    seed: int = 0,
+    data: Split | None = None,
+) -> FingerprintSet:
+    """Conferrable adversarial examples (CAE: Lukas, Zhang & Kerschbaum, "Deep Neural Network
+    Fingerprinting by Conferrable Adversarial Examples", ICLR 2021, §4).
+
+    The owner trains *surrogates* of its own model on its own images ``data`` (``surrogates``:
+    entries of the post-processors ``distill`` or ``extract`` with their keys and a ``seed``) and
+    *references*, independent models trained on the same images with their true labels
+    (``references``: ``seed``, ``arch``/``kwargs`` (the owner's by default) and the students'
+    training keys ``training``, ``train``, ``epochs``). From ``candidates`` held-out images of
+    ``pool`` (labels x0 with the owner's y0), L-inf PGD (``eps``, ``alpha``, ``steps``) maximises
+    the conferrability of the owner's new label, Σ_{c≠y0} p_owner(c) · mean_s p_s(c) · (1 − max_r p_r(c)):
+    the owner leaves y0 for a class that its surrogates follow and no reference shares. The ``n``
+    points of highest conferrability of the owner's label t ≠ y0, mean_s p_s(t) · (1 − max_r p_r(t)),
+    are kept (fewer when fewer leave y0). None of these models is a suspect: the evaluation sees
+    only students and independents that took no part in choosing the points.
+    """
+    from ipguard.postprocess import _student, _student_cfg, apply_postprocess
+    from ipguard.training import train
+
+    if n < 1 or candidates < n:
+        raise ConfigError(f"fingerprint.cae: need n >= 1 and candidates >= n (got n={n}, candidates={candidates})")
+    if eps <= 0 or alpha <= 0 or steps < 1 or batch_size < 1:
+        raise ConfigError(f"fingerprint.cae: need eps > 0, alpha > 0, steps >= 1, batch_size >= 1 (got {eps}, {alpha}, {steps}, {batch_size})")
+    for what, specs in (("surrogates", surrogates), ("references", references)):
+        if not specs or not all(isinstance(spec, Mapping) for spec in specs):
+            raise ConfigError(f"fingerprint.cae.{what}: give a list of one or more model entries, got {specs!r}")
+    for i, spec in enumerate(surrogates or []):
+        if spec.get("method") not in {"distill", "extract"}:
+            raise ConfigError(f"fingerprint.cae.surrogates[{i}].method: must be 'distill' or 'extract', got {spec.get('method')!r}")
+    if data is None or len(data) == 0:
+        raise ConfigError("fingerprint.cae: needs the owner's training images to train surrogates and references on "
+                          "(`data:` a split in the pipeline, --train-data with the CLI)")
+    start = time.perf_counter()
+    trained_s = []
+    for i, spec in enumerate(surrogates or []):
+        kwargs = {k: v for k, v in spec.items() if k not in {"method", "seed"}}
+        s_seed = int(spec.get("seed", seed + 1 + i))
+        trained_s.append(apply_postprocess(str(spec["method"]), model, data, s_seed, where=f"fingerprint.cae.surrogates[{i}]", **kwargs).eval())  # type: ignore[arg-type]
+    trained_r = []
+    for i, spec in enumerate(references or []):
+        where = f"fingerprint.cae.references[{i}]"
+        unknown = sorted(set(spec) - {"seed", "arch", "kwargs", "training", "train", "epochs"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: arch, epochs, kwargs, seed, train, training)")
+        r_seed = int(spec.get("seed", seed + 101 + i))
+        # A reference is built and trained as a student is, on the true labels instead of the owner's.
+        cfg = _student_cfg(where, spec.get("training"), spec.get("train"), epochs=spec.get("epochs"))
+        ref = _student(model, r_seed, spec.get("arch"), spec.get("kwargs"), data.x)  # type: ignore[arg-type]
+        train(ref, data.x, data.y, cfg, r_seed, desc="cae reference")
+        trained_r.append(ref.eval())
+    train_seconds = time.perf_counter() - start
+
+    device = next(model.parameters()).device
+    picked = _pick(pool, candidates, torch.Generator().manual_seed(seed), "cae")
+    x0 = picked.x.to(device)
+    y0 = predict(model, x0).to(device)
+    x = x0.clone()
+    for _ in bar(range(steps), desc="cae", unit="step"):
+        for s in range(0, x.shape[0], batch_size):
+            xa = x[s : s + batch_size].clone().requires_grad_(True)
+            p_owner, p_s, p_r = _cae_outputs(model, trained_s, trained_r, xa)
+            conferrable = (p_s * (1 - p_r)).scatter(1, y0[s : s + batch_size, None], 0.0)
+            loss = -torch.log((p_owner * conferrable).sum(1) + 1e-12)
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+            with torch.no_grad():
+                step = xa - alpha * grad.sign()
+                x[s : s + batch_size] = torch.min(torch.max(step, x0[s : s + batch_size] - eps), x0[s : s + batch_size] + eps).clamp(0.0, 1.0)
+    with torch.no_grad():
+        outs = [_cae_outputs(model, trained_s, trained_r, x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]
+        p_owner, p_s, p_r = (torch.cat(parts) for parts in zip(*outs))
+        t = p_owner.argmax(1)
+        score = (p_s.gather(1, t[:, None]) * (1 - p_r.gather(1, t[:, None]))).squeeze(1)
+        left = (t != y0).nonzero().squeeze(1)
+        if left.numel() == 0:
+            raise ConfigError("fingerprint.cae: no candidate left the owner's label within eps; raise eps or steps")
+        keep = left[score[left].argsort(descending=True, stable=True)[:n]]
+        s_agree = torch.stack([s(x[keep]).argmax(1) == t[keep] for s in trained_s]).float().mean()
+        r_agree = torch.stack([r(x[keep]).argmax(1) == t[keep] for r in trained_r]).float().mean()
+    return FingerprintSet(
+        inputs=x[keep].detach().cpu(), labels=t[keep].cpu(), start_labels=y0[keep].cpu(),
+        extra={"available": float(left.numel()), "conferrability": float(score[keep].mean()),
+               "surrogate_agreement": float(s_agree), "reference_agreement": float(r_agree),
+               "train_seconds": train_seconds},
+    )

@@ -1,7 +1,9 @@
 """Stage ``fingerprint``: one fingerprint set of the owner, by the method ``fingerprint.<key>``.
 
 Reads ``fingerprint.<key>`` and ``dataset``. A real-image ``pool`` that holds images any model of
-the experiment trains on (the owner's split, a zoo model's or a copy's ``data``) is refused.
+the experiment trains on (the owner's split, a zoo model's or a copy's ``data``) is refused. An
+entry's ``data`` names the split a method trains models of its own on (``cae``: the owner's
+surrogates and references); it must not be the pool, whose images start the points.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from ipguard.config import Params, to_dict
 from ipguard.errors import ConfigError
 from ipguard.fingerprint import RESERVED_KEYS, check_method, generate
 from ipguard.io import save_fingerprint_file, write_json
-from ipguard.stages.common import check_pool, fingerprint_path, load_pool, load_zoo_model, run_stage
+from ipguard.stages.common import check_pool, fingerprint_path, load_pool, load_split, load_zoo_model, run_stage
 from ipguard.tracking import stage_run
 
 
@@ -22,8 +24,13 @@ def fingerprint(params: Params, key: str | None) -> None:
     kwargs = {k: v for k, v in entry.items() if k not in RESERVED_KEYS}
     check_method(entry["method"], kwargs, f"fingerprint.{key}")
     check_pool(params, str(entry.get("pool", "test")), f"fingerprint.{key}.pool")
+    if "data" in entry and str(entry["data"]) == str(entry.get("pool", "test")):
+        raise ConfigError(f"fingerprint.{key}.data: '{entry['data']}' is also the pool; the models a method trains "
+                          "must not have seen the images its points start from")
     owner, owner_meta = load_zoo_model(Params.OWNER, params.runtime.device)
     pool = load_pool(entry.get("pool", "test"))
+    if "data" in entry:
+        kwargs["data"] = load_split(str(entry["data"]))
     ds = params.dataset
     result = generate(entry["method"], owner, pool, tuple(ds.input_shape), ds.num_classes, where=f"fingerprint.{key}", **kwargs)
     meta = {
