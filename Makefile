@@ -26,9 +26,11 @@ params: env
 
 # The MLflow UI over this checkout's runs (tracking.uri of params.yaml), on the loopback interface
 # only: http://127.0.0.1:5000 (PORT=... for another port, TRACKING_URI=... for another store).
+# The experiments are tagged mlflow.experimentKind=custom_model_development (ipguard.tracking).
 TRACKING_URI ?= sqlite:///mlflow.db
 PORT ?= 5000
 ui: env
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (the runs; without the parameter MLflow 3 opens on its GenAI overview)"
 	@$(ACTIVATE) && exec mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
 
 clean:

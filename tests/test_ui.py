@@ -95,6 +95,8 @@ def _experiment(base: str) -> dict:
 
 def test_server_serves_the_runs_params_and_metrics(server: str, workspace: Path) -> None:
     exp = _experiment(server)
+    # Tagged as model development, so that MLflow 3's UI opens on the runs, not a GenAI overview.
+    assert {t["key"]: t["value"] for t in exp.get("tags", [])}.get("mlflow.experimentKind") == "custom_model_development"
     runs = _api(server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
     by_name = {r["info"]["run_name"]: r for r in runs}
     assert {"match", "evaluate"} <= set(by_name)
@@ -128,6 +130,15 @@ def test_experiment_page_shows_the_runs_in_a_browser(server: str, store: Path, w
             break
     assert "ipguard-tiny" in dom and ">evaluate<" in dom and ">match<" in dom
     assert f">{first['key']}<" in dom and f"{first['value']:.2f}" in dom
+    # What a newcomer gets from the link `make ui` prints: the runs table, not a GenAI overview of
+    # traces. (MLflow 3.17's UI picks the page by its GenAI / model-training switch, kept in the
+    # browser, and reads the experiment's kind tag only where that switch is off.)
+    landing = f"{server}/#/experiments/{exp['experiment_id']}?workflowType=machine_learning"
+    for _attempt in range(3):
+        dom = subprocess.run([*flags, "--dump-dom", landing], capture_output=True, text=True, timeout=180).stdout
+        if ">evaluate<" in dom:
+            break
+    assert ">evaluate<" in dom and ">match<" in dom, "the experiment's landing page does not list its runs"
     shot = store / "mlflow_ui.png"
     subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
     assert shot.stat().st_size > 20_000

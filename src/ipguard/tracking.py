@@ -72,6 +72,11 @@ class Recorder:
         self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview ("Traces 0") unless the experiment says
+# what kind it is; ours train and compare models, so they open on the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def log_payload(payload: Mapping[str, Any], client: Any = None) -> bool:
     """Write one recorded run to MLflow (through ``client`` if given: one client for many runs
     saves opening the store each time); on any failure warn on stderr and return False."""
@@ -82,7 +87,13 @@ def log_payload(payload: Mapping[str, Any], client: Any = None) -> bool:
 
         client = client or MlflowClient(tracking_uri=payload["uri"])
         experiment = client.get_experiment_by_name(payload["experiment"])
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(payload["experiment"])
+        if experiment is None:
+            experiment_id = client.create_experiment(payload["experiment"], tags=EXPERIMENT_TAGS)
+        else:
+            experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older ipguard
+                if experiment.tags.get(key) != value:
+                    client.set_experiment_tag(experiment_id, key, value)
         run = client.create_run(experiment_id, start_time=payload["start_ms"], tags=payload["tags"],
                                 run_name=payload["run_name"])
         run_id = run.info.run_id
