@@ -225,15 +225,15 @@ def test_adversarial_batch_attacks_the_models_own_labels_and_keeps_the_clean_par
 
 
 def test_student_recipe_comes_from_training_and_explicit_keys_win() -> None:
-    from ipguard.postprocess import _student_cfg
+    from ipguard.postprocess import student_cfg
 
     recipe = {"epochs": 8, "lr": 0.75, "optimizer": "sgd", "schedule": "onecycle", "bias_lr_scale": 64.0}
-    cfg = _student_cfg("distill", recipe, {"bias_lr_scale": 1.0, "lr": 0.4}, epochs=12, lr=None)
+    cfg = student_cfg("distill", recipe, {"bias_lr_scale": 1.0, "lr": 0.4}, epochs=12, lr=None)
     assert (cfg.epochs, cfg.lr, cfg.optimizer, cfg.schedule, cfg.batch_size, cfg.bias_lr_scale) == (12, 0.4, "sgd", "onecycle", 64, 1.0)
     with pytest.raises(ConfigError, match="distill.training"):
-        _student_cfg("distill", {"epochz": 3})
+        student_cfg("distill", {"epochz": 3})
     with pytest.raises(ConfigError, match="distill.train"):
-        _student_cfg("distill", None, {"label_smoothing": "much"})
+        student_cfg("distill", None, {"label_smoothing": "much"})
 
 
 def test_a_thiefs_budget_is_a_seeded_subset_of_its_images() -> None:

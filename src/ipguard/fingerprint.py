@@ -392,7 +392,7 @@ def cae(
     are kept (fewer when fewer leave y0). None of these models is a suspect: the evaluation sees
     only students and independents that took no part in choosing the points.
     """
-    from ipguard.postprocess import _student, _student_cfg, apply_postprocess
+    from ipguard.postprocess import apply_postprocess, fresh_student, student_cfg
     from ipguard.training import train
 
     if n < 1 or candidates < n:
@@ -422,8 +422,8 @@ def cae(
             raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: arch, epochs, kwargs, seed, train, training)")
         r_seed = int(spec.get("seed", seed + 101 + i))
         # A reference is built and trained as a student is, on the true labels instead of the owner's.
-        cfg = _student_cfg(where, spec.get("training"), spec.get("train"), epochs=spec.get("epochs"))
-        ref = _student(model, r_seed, spec.get("arch"), spec.get("kwargs"), data.x)  # type: ignore[arg-type]
+        cfg = student_cfg(where, spec.get("training"), spec.get("train"), epochs=spec.get("epochs"))
+        ref = fresh_student(model, r_seed, spec.get("arch"), spec.get("kwargs"), data.x)  # type: ignore[arg-type]
         train(ref, data.x, data.y, cfg, r_seed, desc="cae reference")
         trained_r.append(ref.eval())
     train_seconds = time.perf_counter() - start

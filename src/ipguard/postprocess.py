@@ -239,7 +239,7 @@ def evade(model: PixelModel, data: Split, seed: int, transform: str = "jpeg", pa
     return out
 
 
-def _student(
+def fresh_student(
     model: PixelModel, seed: int, arch: str | None, arch_kwargs: Mapping[str, object] | None, x: torch.Tensor,
 ) -> PixelModel:
     """A freshly initialised network: the owner's architecture, or ``arch`` with ``arch_kwargs``
@@ -283,7 +283,7 @@ def soft_label_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: fl
     ) * temperature**2
 
 
-def _student_cfg(
+def student_cfg(
     where: str, training: Mapping[str, object] | None, train_overrides: Mapping[str, object] | None = None, **explicit: object,
 ) -> TrainingCfg:
     """A student's training settings: Adam for 20 epochs of batch 64 at 1e-3, then the keys of
@@ -314,9 +314,9 @@ def distill(
     ``queries``: the thief's budget, a seeded subset of ``data`` of that many images (:func:`thief_images`)."""
     if temperature <= 0:
         raise ConfigError(f"distill.temperature: must be > 0, got {temperature}")
-    cfg = _student_cfg("distill", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    cfg = student_cfg("distill", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
     x = thief_images(data.x, queries, seed, "distill")
-    student = _student(model, seed, student_arch, student_kwargs, x)
+    student = fresh_student(model, seed, student_arch, student_kwargs, x)
     _fit(student, x, _owner_outputs(model, x), cfg, seed, desc="distill",
           loss=functools.partial(soft_label_loss, temperature=temperature))
     return student
@@ -332,9 +332,9 @@ def extract(
     probabilities) of unlabeled ``data`` (Tramèr et al., USENIX Security 2016; Orekondy et al. 2019).
     ``training`` overrides the other training keys and ``queries`` is the thief's budget, as for
     :func:`distill`."""
-    cfg = _student_cfg("extract", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    cfg = student_cfg("extract", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
     x = thief_images(data.x, queries, seed, "extract")
-    student = _student(model, seed, student_arch, student_kwargs, x)
+    student = fresh_student(model, seed, student_arch, student_kwargs, x)
     labels = _owner_outputs(model, x).argmax(1)
     _fit(student, x, labels, cfg, seed, desc="extract")
     return student
@@ -415,8 +415,8 @@ def extract_adv(
         raise ConfigError(f"extract_adv.attack_labels: must be one of {', '.join(ATTACK_LABELS)}, got {attack_labels!r}")
     if not 0 < adversarial_fraction <= 1:
         raise ConfigError(f"extract_adv.adversarial_fraction: must lie in (0, 1], got {adversarial_fraction}")
-    cfg = _student_cfg("extract_adv", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
-    student = _student(model, seed, student_arch, student_kwargs, data.x)
+    cfg = student_cfg("extract_adv", training, train, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer)
+    student = fresh_student(model, seed, student_arch, student_kwargs, data.x)
     labels = _owner_outputs(model, data.x).argmax(1)
     gen = torch.Generator().manual_seed(seed + 0xADF)
     _fit(student, data.x, labels, cfg, seed, desc="extract_adv",

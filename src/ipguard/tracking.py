@@ -72,8 +72,9 @@ class Recorder:
         self.artifacts.append((str(Path(path).resolve()), artifact_path))
 
 
-# MLflow 3's UI opens an experiment on its GenAI overview ("Traces 0") unless the experiment says
-# what kind it is; ours train and compare models, so they open on the runs table.
+# Our experiments train and compare models. MLflow 3's UI reads this tag to open an experiment on
+# its runs rather than its GenAI overview ("Traces 0") only where its GenAI / model-training switch
+# is off; 3.17 has it on, so `make ui` prints a link that sets the switch (workflowType).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
