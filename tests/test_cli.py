@@ -549,3 +549,19 @@ def test_cae_trains_on_the_owners_images_and_its_copy_matches(zoo: Path, owner_f
     cal = _json(capsys, ["calibrate", "--fingerprints", str(raw), "--negatives", *_negatives(zoo)])
     copy = _json(capsys, ["verify", "--fingerprints", cal["fingerprints"], "--model", str(zoo / "copy.safetensors")])
     assert copy["matching_rate"] > max(n["matching_rate"] for n in cal["negatives"]), (copy, cal["negatives"])
+
+
+def test_calibrate_warns_when_its_null_fails_one_of_its_own_negatives(capsys: pytest.CaptureFixture[str]) -> None:
+    from ipguard.cli import _print_human
+    from ipguard.stats import fit_calibration
+
+    unlike = [31, 38, 38, 26, 31, 29, 30, 34, 26, 34, 34, 29, 32, 27, 27, 30, 31, 29, 31, 30]
+    for counts, warned in ((unlike, False), (unlike + [61], True)):
+        names = [f"m{i}" for i in range(len(counts) - 1)] + ["twin"]
+        cal = fit_calibration(counts, 100, models=names).to_dict()
+        negatives = [{"model": m, "matches": c, "matching_rate": c / 100} for m, c in zip(names, counts)]
+        capsys.readouterr()
+        _print_human("calibrate", {"calibration": cal, "fingerprints": "out.safetensors", "sha256": "0" * 64,
+                                   "input": "in.safetensors", "negatives": negatives})
+        out = capsys.readouterr().out
+        assert ("warning: left out, twin gets p =" in out) == warned, out

@@ -104,6 +104,21 @@ def test_verdicts_on_a_continuous_score() -> None:
     assert again == cal and cal.to_dict()["kind"] == "continuous"
 
 
+def test_a_continuous_null_that_fails_one_of_its_negatives_calls_nothing_pirated() -> None:
+    """The self-check of :func:`ipguard.stats.worst_score_negative`: 20 negatives of one kind and a
+    near-twin of the owner far above them; the null of the others calls the twin pirated."""
+    unlike = np.random.default_rng(4).beta(40, 60, size=20).round(4).tolist()
+    names = [f"m{i}" for i in range(20)]
+    cal = fit_score_calibration(unlike, 0.01, models=names)
+    assert cal.worst_negative[0] > 0.05 and assess_score(0.95, cal).verdict == "pirated"
+    twin = fit_score_calibration(unlike + [0.75], 0.01, models=names + ["twin"])
+    p, who = twin.worst_negative
+    assert who == "twin" and p == score_p_value(0.75, cal) and p <= 0.01
+    copy = assess_score(0.95, twin)
+    assert copy.p_value <= 0.01 and copy.verdict == "inconclusive" and "twin" in copy.reason
+    assert twin.to_dict()["worst_negative"] == "twin"
+
+
 def test_bad_scores_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one negative"):
         fit_score_calibration([])

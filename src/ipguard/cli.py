@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -405,9 +406,11 @@ def _verdict(vs: _VerifySet, result: Any) -> dict[str, Any]:
 
 
 def _set_facts(vs: _VerifySet) -> dict[str, Any]:
+    worst_p, worst = vs.cal.worst_negative
     return {"method": vs.meta.get("method"), "fingerprint_sha256": vs.meta["sha256"],
             "owner_sha256": vs.meta.get("owner_sha256"), "calibration_negatives": vs.cal.negatives,
-            "null_mean_matching_rate": vs.cal.mean, "null_spread": vs.cal.spread, "min_p_value": vs.cal.min_p_value}
+            "null_mean_matching_rate": vs.cal.mean, "null_spread": vs.cal.spread, "min_p_value": vs.cal.min_p_value,
+            "worst_negative": worst or None, "worst_negative_p": worst_p if math.isfinite(worst_p) else None}
 
 
 def _suspect_candidates(args: argparse.Namespace) -> list[tuple[Candidate, str | None]]:
@@ -670,6 +673,10 @@ def _print_human(verb: str, result: dict[str, Any]) -> None:
                 print(f"  {neg['model']}: matching rate {neg['matching_rate']:.3f} ({neg['matches']}/{cal['n']})")
             print(f"negatives: {cal['negatives']}; mean matching rate {cal['mean_matching_rate']:.3f}, max "
                   f"{cal['max_matching_rate']:.3f}; level {cal['level']:g}; smallest possible p {cal['min_p_value']:.3g}")
+        if cal.get("worst_negative_p") is not None and cal["worst_negative_p"] <= cal["level"]:
+            print(f"warning: left out, {cal['worst_negative']} gets p = {cal['worst_negative_p']:.3g} from the other "
+                  f"negatives: this calibration calls no suspect pirated at level {cal['level']:g} (its negatives are "
+                  "not all of one kind); calibrate with more models like it")
     else:
         for key, value in result.items():
             print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")

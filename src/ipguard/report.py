@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,14 @@ def calibrate_table(table: pd.DataFrame, level: float) -> tuple[pd.DataFrame, di
         if "score" in df.columns and str(df["score"].iloc[0]) != "match":
             scores = neg["matching_rate"].astype(float).tolist()
             cal: Calibration | ScoreCalibration = fit_score_calibration(scores, level, models=models)
-            loo = dict(zip(neg.index, leave_one_out_scores(scores, level)))
+            loo = dict(zip(neg.index, leave_one_out_scores(scores, level, models=models)))
 
             def judge(row: pd.Series, cal: Any = cal) -> Assessment:
                 return assess_score(float(row["matching_rate"]), cal)
         else:
             n = int(df["n"].iloc[0])
             cal = fit_calibration(neg["matches"].astype(int).tolist(), n, level, models=models)
-            loo = dict(zip(neg.index, leave_one_out(neg["matches"].astype(int).tolist(), n, level)))
+            loo = dict(zip(neg.index, leave_one_out(neg["matches"].astype(int).tolist(), n, level, models=models)))
 
             def judge(row: pd.Series, cal: Any = cal) -> Assessment:
                 return assess(int(row["matches"]), int(row["n"]), cal)
@@ -399,7 +400,11 @@ def markdown_report(
             "p-value = how unlikely an independent model is to match at least this many points, under the null fitted "
             "to the negatives' match counts (all negatives of the experiment, dev and test: the calibration shipped in "
             "`fingerprints/calibrated/`). Negatives are tested leave-one-out (calibrated on the others), so their "
-            "pirated share is an honest false-positive rate. Shares below are over the test part.\n"
+            "pirated share is an honest false-positive rate. Shares below are over the test part, except "
+            "\"negatives pirated, all parts\" (the dev part's negatives too). \"self-check\": the smallest "
+            "leave-one-out p-value among the calibration's negatives and which one gets it; at or below the level, "
+            "the null fails one of its own negatives and calls no suspect pirated (README, \"Negatives of more than "
+            "one kind\").\n"
         )
         rows = []
         test_verdicts = in_part(verdicts, "test")
@@ -407,10 +412,15 @@ def markdown_report(
             pos, neg = split_kinds(df)
             owner = df[df["kind"] == "owner"]
             shares = {k.replace("_", " "): v for k, v in verdict_shares(df).items()}
-            rows.append({"method": method, "null mean MR": calibrations[method].mean if calibrations and method in calibrations else None,
+            every = verdicts[(verdicts["method"] == method) & (verdicts["kind"] == "negative")]
+            cal = calibrations.get(str(method)) if calibrations else None
+            worst = cal.worst_negative if cal is not None else (math.nan, "")
+            rows.append({"method": method, "null mean MR": cal.mean if cal is not None else None,
                          "owner p": float(owner["p_value"].iloc[0]) if len(owner) else None, **shares,
+                         "negatives pirated, all parts": f"{int((every['verdict'] == 'pirated').sum())}/{len(every)}" if len(every) else None,
                          "max p positives": float(pos["p_value"].max()) if len(pos) else None,
-                         "min p negatives": float(neg["p_value"].min()) if len(neg) else None})
+                         "min p negatives": float(neg["p_value"].min()) if len(neg) else None,
+                         "self-check": f"{worst[0]:.3g} ({worst[1]})" if math.isfinite(worst[0]) else None})
         parts.append(md_table(rows))
     if combined and combined_methods:
         parts.append(combined_section(combined, combined_methods, metrics, fpr_label))
