@@ -3,11 +3,14 @@ against one process per suspect, on the public CIFAR-10 zoo.
 
     python benchmarks/verify_many.py --shared ../shared --repeat 5 \
         --out benchmarks/results/verify_many_cpu.json
+    python benchmarks/verify_many.py --shared ../shared --repeat 5 --jobs 2 \
+        --out benchmarks/results/verify_many_cpu.json
 
 The owner is the shared CIFAR ResNet-20; its ``--method`` set (100 points by default) is
 calibrated on the whole public manifest. The suspects are the public zoo's ResNet-20s (12 files
 by 8 authors), each listed ``--repeat`` times in a manifest of their own (so each is loaded and
-queried that many times), verified in one process (``--models-manifest``); then a few of them in
+queried that many times), verified in one process (``--models-manifest``, ``--jobs`` suspects at
+a time, the torch threads shared among them); then a few of them in
 a process each, as ``ipguard verify`` ran before. Each suspect costs a file read and its hash,
 building the network, and the forward pass over the set. Figures are those of this machine while
 the benchmark runs: run it with nothing else on the cores.
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="fingerprint points (queries per suspect)")
     ap.add_argument("--repeat", type=int, default=5, help="times each ResNet-20 file is verified in the one process")
     ap.add_argument("--per-process", type=int, default=4, help="suspects verified in a process each")
+    ap.add_argument("--jobs", type=int, default=1, help="verify --jobs: suspects checked at once in the one process")
     ap.add_argument("--out", type=Path, help="append the record to this JSON list")
     args = ap.parse_args()
     public = args.shared / "weights" / "cifar10-public"
@@ -78,7 +82,8 @@ def main() -> None:
                    for i in range(args.repeat) for m in r20]
         (hub / "manifest.json").write_text(json.dumps({"models": entries}))
         start = time.perf_counter()
-        lines = _cli(["verify", "--fingerprints", str(cal), "--models-manifest", str(hub / "manifest.json"), "--json"])
+        lines = _cli(["verify", "--fingerprints", str(cal), "--models-manifest", str(hub / "manifest.json"), "--json",
+                      "--jobs", str(args.jobs)])
         one_process = time.perf_counter() - start
         results = [json.loads(line) for line in lines.splitlines()]
         assert len(results) == len(entries) and not any(r.get("error") for r in results)
@@ -100,7 +105,7 @@ def main() -> None:
         "seconds_per_suspect_own_process": round(per_process, 3),
         "verdicts": {v: sum(r["verdict"] == v for r in results) for v in ("pirated", "inconclusive", "independent")},
         "fingerprint_seconds": round(t1 - t0, 2), "calibrate_seconds": round(t2 - t1, 2),
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
+        "jobs": args.jobs, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
         "torch": torch.__version__,
     }
     print(json.dumps(record, indent=1))

@@ -318,6 +318,25 @@ def test_many_suspects_in_one_process_one_line_each(calibrated: Path, zoo: Path,
     assert all("independent" in line or "inconclusive" in line for line in out), out
 
 
+def test_suspects_checked_in_parallel_threads_give_the_same_lines_in_order(calibrated: Path, zoo: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    manifest = str(zoo / "public" / "manifest.json")
+    argv = ["verify", "--fingerprints", str(calibrated), "--models-manifest", manifest,
+            "--model", str(zoo / "copy.safetensors"), str(zoo / "missing.safetensors")]
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 2
+    serial = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*argv, "--json", "--jobs", "3"]) == 2
+    parallel = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert parallel == serial and len(serial) == 6 and serial[0]["verdict"] == "pirated"
+    assert "missing.safetensors" in serial[1]["error"]
+    assert torch.get_num_threads() == threads  # given back after the pool
+    _refused(capsys, [*argv, "--jobs", "0"], "--jobs")
+
+
 def test_a_hub_splits_into_shards_each_suspect_once(calibrated: Path, zoo: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     manifest = zoo / "public" / "manifest.json"
