@@ -493,10 +493,14 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]
             pass  # the suspects naming it get the error on their own lines
     # A small network's forward pass on 100 points cannot keep several threads busy (the late
     # layers are 8x8): one suspect per core, each on its own share of the threads, does more.
+    # Each worker sets its share itself: a thread's intra-op pool is its own, and left alone it
+    # takes the default (every core), so two workers would run four threads on two cores
+    # (benchmarks/verify_many.py: 8.3 suspects/s at --jobs 2 so, as at --jobs 1).
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // jobs))
+    share = max(1, threads // jobs)
+    torch.set_num_threads(share)
     try:
-        with ThreadPoolExecutor(jobs) as pool:
+        with ThreadPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(share,)) as pool:
             return list(bar(pool.map(one, candidates), total=len(candidates), desc="verify", unit="model"))
     finally:
         torch.set_num_threads(threads)
