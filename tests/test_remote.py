@@ -292,6 +292,34 @@ def test_a_service_that_detects_fingerprints_is_inconclusive_with_decoys(with_de
         assert _json(capsys, _url_argv(with_decoys, url))["verdict"] == "pirated"
 
 
+def _beta_binomial(gen: Any, mean: float, kappa: float, n: int, size: int) -> list[int]:
+    return [int(c) for c in gen.binomial(n, gen.beta(mean * kappa, (1 - mean) * kappa, size=size))]
+
+
+def test_answers_below_every_independent_model_are_inconclusive_not_independent() -> None:
+    """Where independent models match many points (real starts: about half), a service that answers
+    most fingerprint queries wrongly matches fewer than any of them would: that is no evidence of
+    independence. Fresh independent models from the same null are rarely caught by it, and where
+    independent models match almost nothing the rule cannot fire."""
+    import numpy as np
+
+    from ipguard.decoys import judge_low_matches
+
+    gen = np.random.default_rng(0)
+    n, level = 100, 0.01
+    negatives = _beta_binomial(gen, 0.55, 60, n, 30)
+    why = judge_low_matches(20, n, negatives, level)  # the autoencoder service of service_answers: 0.20
+    assert why is not None and "fewer than independent models would" in why and "20/100" in why
+    assert judge_low_matches(min(negatives), n, negatives, level) is None
+    assert judge_low_matches(55, n, negatives, level) is None
+    fresh = _beta_binomial(gen, 0.55, 60, n, 400)
+    caught = sum(judge_low_matches(c, n, negatives, level) is not None for c in fresh) / len(fresh)
+    assert caught <= 0.03, caught
+    low = _beta_binomial(gen, 0.05, 60, n, 30)  # noise starts: independents match ~5 %
+    assert judge_low_matches(0, n, low, level) is None
+    assert judge_low_matches(0, n, [], level) is None
+
+
 # ----------------------------------------------------------------------------- many suspects at once
 
 

@@ -396,6 +396,14 @@ def _verdict(vs: _VerifySet, result: Any) -> dict[str, Any]:
 
     if vs.kind == "match":
         verdict = assess(result.matches, result.n, vs.cal, vs.level)
+        if verdict.verdict == "independent":
+            from ipguard.decoys import judge_low_matches
+            from ipguard.stats import Assessment
+
+            why = judge_low_matches(result.matches, result.n, vs.cal.matches, vs.level)
+            if why is not None:
+                verdict = Assessment(verdict.p_value, "inconclusive", f"{why} (by the upper tail alone: independent, "
+                                     f"p = {verdict.p_value:.3g})")
     else:
         verdict = assess_score(result.score, vs.cal, vs.level)
     return {

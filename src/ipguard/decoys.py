@@ -12,7 +12,14 @@ often as the known independent models do. So a suspect that answers the decoys
   detect fingerprint queries.
 
 Either way the verdict is ``inconclusive`` with that reason, never ``independent``; neither rule
-can turn a verdict into ``pirated``. How often the negatives agree with the owner on the decoys is
+can turn a verdict into ``pirated``.
+
+Decoys are natural images, and a detector of unnatural inputs lets them through: a thief's
+autoencoder in front of a stolen CIFAR-10 copy flags 73-100 % of IPGuard's points and 2 % of the
+decoys (``benchmarks/service_answers.py``). The fingerprint answers themselves show it where
+independent models match many points: such a service matches *fewer* of them than any
+independent model would (:func:`judge_low_matches`, the null's lower tail), which again makes the
+verdict ``inconclusive``, not ``independent``. How often the negatives agree with the owner on the decoys is
 measured at calibration (``decoy_calibration`` in the calibrated set).
 """
 
@@ -72,6 +79,31 @@ def judge_decoys(agree: int, n: int, cal: DecoyCalibration, verdict: str, level:
         return (f"it labels {agree}/{n} decoys as the owner does, more than any known independent model would (at "
                 f"most {hi:.0%}), while its fingerprint answers look independent: it may detect fingerprint queries")
     return None
+
+
+def judge_low_matches(matches: int, n: int, negatives: Sequence[int], level: float) -> str | None:
+    """Why a suspect whose fingerprint answers look independent (``matches`` of ``n`` points) must
+    be called ``inconclusive``: it matches fewer points than independent models rarely do (the
+    lower tail of the same beta-binomial null, fitted to the negatives' mismatch counts, at
+    ``level``). Independent models share many of the owner's labels on points made from real
+    images; a service that detects fingerprint queries and answers them wrongly shares fewer.
+    None when the answers raise no doubt, or when the null cannot be fitted that way round."""
+    from ipguard.stats import fit_calibration, p_value
+
+    if not negatives or not 0 <= matches <= n:
+        return None
+    try:
+        low = fit_calibration([n - int(c) for c in negatives], n, level)
+    except ValueError:
+        return None
+    if not low.converged or low.min_p_value > level:
+        return None
+    p = p_value(n - matches, n, low)
+    if p > level:
+        return None
+    return (f"it matches {matches}/{n} points, fewer than independent models would (they match "
+            f"{min(negatives)}-{max(negatives)}; p = {p:.3g} for so few): a service may detect fingerprint "
+            "queries and answer them wrongly, so its answers cannot show independence")
 
 
 def decoy_agreements(model: nn.Module, decoys: Sequence[torch.Tensor]) -> int:
