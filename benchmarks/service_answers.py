@@ -85,7 +85,7 @@ def service_verdict(owner_out: torch.Tensor, flagged: torch.Tensor, labels: torc
     """What ``ipguard verify`` says of the owner's own copy behind the OOD-detecting service: it
     answers the owner's label, or its second choice where the detector flags the input; judged on
     the negatives' match counts, then by the decoy check (:func:`ipguard.decoys.judge_decoys`)."""
-    from ipguard.decoys import judge_decoys, judge_low_matches
+    from ipguard.decoys import assess_answers, judge_decoys
     from ipguard.stats import assess, fit_calibration
 
     def answers(out: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
@@ -94,10 +94,10 @@ def service_verdict(owner_out: torch.Tensor, flagged: torch.Tensor, labels: torc
 
     n = int(labels.numel())
     matches = int((answers(owner_out, flagged) == labels).sum())
-    verdict = assess(matches, n, fit_calibration(negative_counts, n, level), level)
-    # verify's own rule on top of the upper tail: fewer matches than independents would give.
-    low = verdict.verdict == "independent" and judge_low_matches(matches, n, negative_counts, level) is not None
-    by_fingerprints = "inconclusive" if low else verdict.verdict
+    cal = fit_calibration(negative_counts, n, level)
+    verdict = assess(matches, n, cal, level)
+    by_fingerprints = assess_answers(matches, n, cal, level).verdict  # verify's, with its too-few-matches rule
+    low = by_fingerprints != verdict.verdict
     decoy_labels = decoy_out.argmax(1)
     agree = int((answers(decoy_out, decoy_flagged) == decoy_labels).sum())
     why = judge_decoys(agree, int(decoy_labels.numel()), decoy_cal, by_fingerprints, level)

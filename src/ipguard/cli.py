@@ -392,18 +392,11 @@ def _with_decoys(vs: _VerifySet, out: dict[str, Any], agree: int | None) -> dict
 
 def _verdict(vs: _VerifySet, result: Any) -> dict[str, Any]:
     """The verdict on a suspect's score, with everything needed to defend it."""
-    from ipguard.stats import assess, assess_score
+    from ipguard.decoys import assess_answers
+    from ipguard.stats import assess_score
 
     if vs.kind == "match":
-        verdict = assess(result.matches, result.n, vs.cal, vs.level)
-        if verdict.verdict == "independent":
-            from ipguard.decoys import judge_low_matches
-            from ipguard.stats import Assessment
-
-            why = judge_low_matches(result.matches, result.n, vs.cal.matches, vs.level)
-            if why is not None:
-                verdict = Assessment(verdict.p_value, "inconclusive", f"{why} (by the upper tail alone: independent, "
-                                     f"p = {verdict.p_value:.3g})")
+        verdict = assess_answers(result.matches, result.n, vs.cal, vs.level)
     else:
         verdict = assess_score(result.score, vs.cal, vs.level)
     return {

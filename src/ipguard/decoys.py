@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from scipy.stats import binom
@@ -34,6 +35,9 @@ from torch import nn
 
 from ipguard.data import Split
 from ipguard.models import logits
+
+if TYPE_CHECKING:
+    from ipguard.stats import Assessment, Calibration
 
 
 def choose_decoys(model: nn.Module, pool: Split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +108,22 @@ def judge_low_matches(matches: int, n: int, negatives: Sequence[int], level: flo
     return (f"it matches {matches}/{n} points, fewer than independent models would (they match "
             f"{min(negatives)}-{max(negatives)}; p = {p:.3g} for so few): a service may detect fingerprint "
             "queries and answer them wrongly, so its answers cannot show independence")
+
+
+def assess_answers(matches: int, n: int, calibration: Calibration, level: float) -> Assessment:
+    """``verify``'s verdict on a suspect's fingerprint answers: :func:`ipguard.stats.assess`'s
+    upper tail, except that an ``independent`` which matches fewer points than the negatives would
+    (:func:`judge_low_matches`) is ``inconclusive``: a service may be answering them wrongly."""
+    from ipguard.stats import Assessment, assess
+
+    verdict = assess(matches, n, calibration, level)
+    if verdict.verdict != "independent":
+        return verdict
+    why = judge_low_matches(matches, n, calibration.matches, level)
+    if why is None:
+        return verdict
+    return Assessment(verdict.p_value, "inconclusive",
+                      f"{why} (by the upper tail alone: independent, p = {verdict.p_value:.3g})")
 
 
 def decoy_agreements(model: nn.Module, decoys: Sequence[torch.Tensor]) -> int:
