@@ -112,19 +112,47 @@ def test_cae_keeps_points_its_surrogates_follow_and_its_references_do_not(in_wor
     assert torch.equal(again.inputs, fp.inputs) and torch.equal(again.labels, fp.labels)
 
 
+def test_conferrable_mistakes_ranks_the_owners_mistakes_by_its_surrogates(in_workspace: Path) -> None:
+    """conferrable_mistakes on the digits owner: every point is a held-out image the owner gets
+    wrong, unperturbed, with the owner's label; the n kept are the top of one ranking (the same
+    seeds train the same surrogates, so a smaller n keeps a prefix of a larger one's points) by
+    conferrability, so their mean conferrability is at least that of all the mistakes."""
+    owner, _ = load_model("models/zoo/owner.safetensors")
+    pool, data = load_pool("test"), load_split("owner")
+    kwargs = dict(surrogates=[{"method": "distill", "seed": 1, "epochs": 10},
+                              {"method": "extract_adv", "seed": 2, "epochs": 10, "eps": 0.1, "step": 0.1}],
+                  references=[{"seed": 3, "epochs": 10}, {"seed": 4, "epochs": 10}], seed=0, data=data)
+    top = generate("conferrable_mistakes", owner, pool, (1, 8, 8), 10, n=3, **kwargs)
+    every = generate("conferrable_mistakes", owner, pool, (1, 8, 8), 10, n=len(pool), **kwargs)
+    mistakes = generate("akh", owner, pool, (1, 8, 8), 10, n=len(pool), seed=0)
+    assert top.inputs.shape[0] == 3 and every.inputs.shape[0] == mistakes.inputs.shape[0] == every.extra["available"]
+    for x in every.inputs:  # each one of the owner's mistakes, unperturbed
+        assert bool((mistakes.inputs == x).flatten(1).all(1).any())
+    assert torch.equal(every.labels, predict(owner, every.inputs))
+    assert torch.equal(every.inputs[:3], top.inputs) and torch.equal(every.labels[:3], top.labels)
+    assert top.extra["conferrability"] >= every.extra["conferrability"]
+    assert 0 <= every.extra["reference_agreement"] <= 1 and 0 <= every.extra["surrogate_agreement"] <= 1
+
+
+_BOTH = ("cae", "conferrable_mistakes")
+
+
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("method", "change", "message"),
     [
-        ({"data": None}, "training images"),
-        ({"surrogates": []}, "surrogates"),
-        ({"surrogates": [{"method": "ftal"}]}, r"surrogates\[0\].method"),
-        ({"references": [{"seed": 1, "widths": 3}]}, r"references\[0\]: unknown key 'widths'"),
-        ({"candidates": 5}, "candidates >= n"),
-        ({"eps": 0.0}, "eps > 0"),
+        *((m, {"data": None}, "training images") for m in _BOTH),
+        *((m, {"surrogates": []}, "surrogates") for m in _BOTH),
+        *((m, {"surrogates": [{"method": "ftal"}]}, r"surrogates\[0\].method") for m in _BOTH),
+        *((m, {"references": [{"seed": 1, "widths": 3}]}, r"references\[0\]: unknown key 'widths'") for m in _BOTH),
+        ("conferrable_mistakes", {"n": 0}, "n >= 1"),
+        ("cae", {"candidates": 5}, "candidates >= n"),
+        ("cae", {"eps": 0.0}, "eps > 0"),
     ],
 )
-def test_cae_rejects_bad_settings_before_training(in_workspace: Path, change: dict, message: str) -> None:
+def test_surrogate_methods_reject_bad_settings_before_training(in_workspace: Path, method: str, change: dict, message: str) -> None:
     owner, _ = load_model("models/zoo/owner.safetensors")
-    kwargs = dict(n=10, candidates=20, surrogates=[{"method": "distill"}], references=[{"seed": 3}], data=load_split("owner")) | change
+    kwargs = dict(n=10, surrogates=[{"method": "distill"}], references=[{"seed": 3}], data=load_split("owner"))
+    if method == "cae":
+        kwargs["candidates"] = 20
     with pytest.raises(ConfigError, match=message):
-        generate("cae", owner, load_pool("test"), (1, 8, 8), 10, **kwargs)
+        generate(method, owner, load_pool("test"), (1, 8, 8), 10, **(kwargs | change))

@@ -351,6 +351,52 @@ def sac_label(model: nn.Module, pool: Split, input_shape: tuple[int, ...], num_c
     return FingerprintSet(inputs=x, labels=predict(model, x), score="sac_label")
 
 
+SURROGATE_METHODS = ("distill", "extract", "extract_adv")
+
+
+def _owner_models(model: nn.Module, data: Split | None, surrogates: list | None, references: list | None, seed: int,
+                  what: str) -> tuple[list[nn.Module], list[nn.Module], float]:
+    """The owner's own surrogates and references (see :func:`cae`), trained on ``data``, and the seconds that took.
+
+    A surrogate is an entry of a post-processor that copies the owner (``method``: one of
+    ``SURROGATE_METHODS``, with that post-processor's keys and a ``seed``); a reference is built
+    and trained as a student is, on the true labels instead of the owner's.
+    """
+    from ipguard.postprocess import apply_postprocess, fresh_student, student_cfg
+    from ipguard.training import train
+
+    for kind, specs in (("surrogates", surrogates), ("references", references)):
+        if not specs or not all(isinstance(spec, Mapping) for spec in specs):
+            raise ConfigError(f"fingerprint.{what}.{kind}: give a list of one or more model entries, got {specs!r}")
+    for i, spec in enumerate(surrogates or []):
+        if spec.get("method") not in SURROGATE_METHODS:
+            raise ConfigError(f"fingerprint.{what}.surrogates[{i}].method: must be one of {', '.join(SURROGATE_METHODS)}, "
+                              f"got {spec.get('method')!r}")
+    for i, spec in enumerate(references or []):
+        unknown = sorted(set(spec) - {"seed", "arch", "kwargs", "training", "train", "epochs"})
+        if unknown:
+            raise ConfigError(f"fingerprint.{what}.references[{i}]: unknown key '{unknown[0]}' "
+                              "(allowed: arch, epochs, kwargs, seed, train, training)")
+    if data is None or len(data) == 0:
+        raise ConfigError(f"fingerprint.{what}: needs the owner's training images to train surrogates and references on "
+                          "(`data:` a split in the pipeline, --train-data with the CLI)")
+    start = time.perf_counter()
+    trained_s = []
+    for i, spec in enumerate(surrogates or []):
+        kwargs = {k: v for k, v in spec.items() if k not in {"method", "seed"}}
+        s_seed = int(spec.get("seed", seed + 1 + i))
+        trained_s.append(apply_postprocess(str(spec["method"]), model, data, s_seed, where=f"fingerprint.{what}.surrogates[{i}]", **kwargs).eval())  # type: ignore[arg-type]
+    trained_r = []
+    for i, spec in enumerate(references or []):
+        where = f"fingerprint.{what}.references[{i}]"
+        r_seed = int(spec.get("seed", seed + 101 + i))
+        cfg = student_cfg(where, spec.get("training"), spec.get("train"), epochs=spec.get("epochs"))
+        ref = fresh_student(model, r_seed, spec.get("arch"), spec.get("kwargs"), data.x)  # type: ignore[arg-type]
+        train(ref, data.x, data.y, cfg, r_seed, desc=f"{what} reference")
+        trained_r.append(ref.eval())
+    return trained_s, trained_r, time.perf_counter() - start
+
+
 def _cae_outputs(model: nn.Module, surrogates: list[nn.Module], references: list[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The owner's probabilities, the surrogates' mean probabilities and the references' largest
     probability per class on ``x``."""
@@ -381,7 +427,7 @@ def cae(
     Fingerprinting by Conferrable Adversarial Examples", ICLR 2021, §4).
 
     The owner trains *surrogates* of its own model on its own images ``data`` (``surrogates``:
-    entries of the post-processors ``distill`` or ``extract`` with their keys and a ``seed``) and
+    entries of the post-processors ``distill``, ``extract`` or ``extract_adv`` with their keys and a ``seed``) and
     *references*, independent models trained on the same images with their true labels
     (``references``: ``seed``, ``arch``/``kwargs`` (the owner's by default) and the students'
     training keys ``training``, ``train``, ``epochs``). From ``candidates`` held-out images of
@@ -392,41 +438,11 @@ def cae(
     are kept (fewer when fewer leave y0). None of these models is a suspect: the evaluation sees
     only students and independents that took no part in choosing the points.
     """
-    from ipguard.postprocess import apply_postprocess, fresh_student, student_cfg
-    from ipguard.training import train
-
     if n < 1 or candidates < n:
         raise ConfigError(f"fingerprint.cae: need n >= 1 and candidates >= n (got n={n}, candidates={candidates})")
     if eps <= 0 or alpha <= 0 or steps < 1 or batch_size < 1:
         raise ConfigError(f"fingerprint.cae: need eps > 0, alpha > 0, steps >= 1, batch_size >= 1 (got {eps}, {alpha}, {steps}, {batch_size})")
-    for what, specs in (("surrogates", surrogates), ("references", references)):
-        if not specs or not all(isinstance(spec, Mapping) for spec in specs):
-            raise ConfigError(f"fingerprint.cae.{what}: give a list of one or more model entries, got {specs!r}")
-    for i, spec in enumerate(surrogates or []):
-        if spec.get("method") not in {"distill", "extract"}:
-            raise ConfigError(f"fingerprint.cae.surrogates[{i}].method: must be 'distill' or 'extract', got {spec.get('method')!r}")
-    if data is None or len(data) == 0:
-        raise ConfigError("fingerprint.cae: needs the owner's training images to train surrogates and references on "
-                          "(`data:` a split in the pipeline, --train-data with the CLI)")
-    start = time.perf_counter()
-    trained_s = []
-    for i, spec in enumerate(surrogates or []):
-        kwargs = {k: v for k, v in spec.items() if k not in {"method", "seed"}}
-        s_seed = int(spec.get("seed", seed + 1 + i))
-        trained_s.append(apply_postprocess(str(spec["method"]), model, data, s_seed, where=f"fingerprint.cae.surrogates[{i}]", **kwargs).eval())  # type: ignore[arg-type]
-    trained_r = []
-    for i, spec in enumerate(references or []):
-        where = f"fingerprint.cae.references[{i}]"
-        unknown = sorted(set(spec) - {"seed", "arch", "kwargs", "training", "train", "epochs"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: arch, epochs, kwargs, seed, train, training)")
-        r_seed = int(spec.get("seed", seed + 101 + i))
-        # A reference is built and trained as a student is, on the true labels instead of the owner's.
-        cfg = student_cfg(where, spec.get("training"), spec.get("train"), epochs=spec.get("epochs"))
-        ref = fresh_student(model, r_seed, spec.get("arch"), spec.get("kwargs"), data.x)  # type: ignore[arg-type]
-        train(ref, data.x, data.y, cfg, r_seed, desc="cae reference")
-        trained_r.append(ref.eval())
-    train_seconds = time.perf_counter() - start
+    trained_s, trained_r, train_seconds = _owner_models(model, data, surrogates, references, seed, "cae")
 
     device = next(model.parameters()).device
     picked = _pick(pool, candidates, torch.Generator().manual_seed(seed), "cae")
@@ -457,6 +473,56 @@ def cae(
     return FingerprintSet(
         inputs=x[keep].detach().cpu(), labels=t[keep].cpu(), start_labels=y0[keep].cpu(),
         extra={"available": float(left.numel()), "conferrability": float(score[keep].mean()),
+               "surrogate_agreement": float(s_agree), "reference_agreement": float(r_agree),
+               "train_seconds": train_seconds},
+    )
+
+
+@register_method("conferrable_mistakes")
+def conferrable_mistakes(
+    model: nn.Module,
+    pool: Split,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    n: int = 100,
+    surrogates: list | None = None,
+    references: list | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    data: Split | None = None,
+) -> FingerprintSet:
+    """The owner's mistakes that its own copies inherit: ``akh``'s candidates ranked by CAE's conferrability.
+
+    ``akh`` (the owner's misclassified held-out images, QuRD, AAAI 2025) is the one method that
+    held against adversarially trained extraction on our zoo, where every perturbed point
+    (IPGuard's, CAE's) falls to chance: a thief's adversarial training smooths the boundary that
+    such points sit near, but it still learns the owner's labels of natural images, mistakes
+    included. Not every mistake is inherited, though: many are ones any model makes (a
+    cat that looks like a dog). So, after Lukas, Zhang & Kerschbaum (ICLR 2021), the owner trains
+    *surrogates* of its own model on its own images ``data`` (entries of ``distill``, ``extract``
+    or ``extract_adv``, as for :func:`cae`) and *references* trained on the true labels, and keeps
+    the ``n`` mistakes of highest conferrability mean_s p_s(y) · (1 − max_r p_r(y)) of the owner's
+    label y: the ones its copies repeat and independent models do not. No perturbation, so the
+    points are natural images a service cannot tell from ordinary queries. Yields fewer than
+    ``n`` points when the owner makes fewer mistakes.
+    """
+    if n < 1 or batch_size < 1:
+        raise ConfigError(f"fingerprint.conferrable_mistakes: need n >= 1 and batch_size >= 1 (got {n}, {batch_size})")
+    trained_s, trained_r, train_seconds = _owner_models(model, data, surrogates, references, seed, "conferrable_mistakes")
+    mistakes = _owner_mistakes(model, pool, "conferrable_mistakes")
+    x = mistakes.x.float()
+    with torch.no_grad():
+        outs = [_cae_outputs(model, trained_s, trained_r, x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]
+        p_owner, p_s, p_r = (torch.cat(parts) for parts in zip(*outs))
+    y = p_owner.argmax(1)
+    score = (p_s.gather(1, y[:, None]) * (1 - p_r.gather(1, y[:, None]))).squeeze(1)
+    keep = score.argsort(descending=True, stable=True)[:n]
+    with torch.no_grad():
+        s_agree = torch.stack([s(x[keep]).argmax(1) == y[keep] for s in trained_s]).float().mean()
+        r_agree = torch.stack([r(x[keep]).argmax(1) == y[keep] for r in trained_r]).float().mean()
+    return FingerprintSet(
+        inputs=x[keep].clone(), labels=predict(model, x[keep]),
+        extra={"available": float(len(mistakes)), "conferrability": float(score[keep].mean()),
                "surrogate_agreement": float(s_agree), "reference_agreement": float(r_agree),
                "train_seconds": train_seconds},
     )
