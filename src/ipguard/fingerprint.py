@@ -508,8 +508,9 @@ def conferrable_mistakes(
     """
     if n < 1 or batch_size < 1:
         raise ConfigError(f"fingerprint.conferrable_mistakes: need n >= 1 and batch_size >= 1 (got {n}, {batch_size})")
-    trained_s, trained_r, train_seconds = _owner_models(model, data, surrogates, references, seed, "conferrable_mistakes")
+    # The candidates first: a pool without mistakes fails before minutes of training.
     mistakes = _owner_mistakes(model, pool, "conferrable_mistakes")
+    trained_s, trained_r, train_seconds = _owner_models(model, data, surrogates, references, seed, "conferrable_mistakes")
     x = mistakes.x.float()
     with torch.no_grad():
         outs = [_cae_outputs(model, trained_s, trained_r, x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]
