@@ -201,6 +201,22 @@ def test_bad_split_or_bootstrap_settings_name_the_key(composed: dict, section: s
         check_evaluate(params_from_dict(cfg))
 
 
+@pytest.mark.parametrize(("target", "message"), [({"name": "x", "auc": 1.5, "families": ["prune"]}, r"evaluate\.target\[0\]\.auc"),
+                                                 ({"name": "x", "auc": 0.9, "families": []}, r"evaluate\.target\[0\]\.families"),
+                                                 ({"name": "x", "auc": 0.9, "famlies": ["prune"]}, "famlies")])
+def test_bad_target_names_the_key(composed: dict, target: dict, message: str) -> None:
+    import copy
+
+    from ipguard.config import params_from_dict
+    from ipguard.errors import ConfigError
+    from ipguard.stages.suspects import check_evaluate
+
+    cfg = copy.deepcopy(composed)
+    cfg["evaluate"]["target"] = [target]
+    with pytest.raises(ConfigError, match=message):
+        check_evaluate(params_from_dict(cfg))
+
+
 @pytest.mark.parametrize(("combine", "message"), [(["ipguard", "akk"], "'akk' is not a fingerprint entry"),
                                                   (["ipguard"], "two or more different"),
                                                   (["akh", "akh"], "two or more different")])

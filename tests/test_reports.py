@@ -121,3 +121,58 @@ def test_index_gives_the_wall_time_of_a_recorded_run_and_the_combined_row(worksp
     assert "10.0 min (not a full run)." in text
     auc = json.loads((reports / "tiny" / "metrics.json").read_text())["combined"]["overall"]["auc"]
     assert any(line.startswith("| combined |") and f"{auc:.3f}" in line for line in text.splitlines())
+
+
+def _rates(rows: list[tuple[str, str, str, str, float]]) -> pd.DataFrame:
+    """A matching-rate table of one set from (suspect, kind, part, family, matching rate)."""
+    return pd.DataFrame([{"method": "m", "suspect": s, "kind": k, "part": p, "family": f, "matching_rate": r}
+                         for s, k, p, f, r in rows])
+
+
+def test_target_judges_each_family_on_its_test_copies() -> None:
+    """evaluate.target (issue 11): per family of the test part, excluded copies left out, unmeasured said."""
+    from ipguard.config import TargetCfg
+    from ipguard.report import target_metrics, target_section
+
+    table = _rates([
+        ("owner", "owner", "none", "owner", 1.0),
+        ("n1", "negative", "test", "a", 0.5), ("n2", "negative", "test", "b", 0.7), ("n3", "negative", "dev", "c", 0.99),
+        ("ft", "positive", "test", "ftal", 0.9),            # above every test negative: AUC 1
+        ("p30", "positive", "test", "prune", 0.6),          # between them: AUC 0.5
+        ("p90", "positive", "test", "prune", 0.1),          # excluded
+        ("d1", "positive", "test", "distillation", 0.8), ("d2", "positive", "dev", "distillation", 0.2),
+        ("x1", "positive", "dev", "extraction", 0.9),       # no test copy: unmeasured
+    ])
+    combined = table[table["kind"] != "owner"].assign(method="combined", p_value=lambda d: 1.0 - d["matching_rate"])
+    targets = [TargetCfg("post", 0.99, ["ftal", "prune", "quantization"]), TargetCfg("students", 0.97, ["distillation", "extraction"])]
+    out = target_metrics(table, combined, targets, ["p90"])
+    post, students = out
+    assert [f["family"] for f in post["families"]] == ["ftal", "prune"]  # quantization is not built
+    assert post["families"][1]["copies"] == 1 and post["families"][1]["auc"]["m"] == pytest.approx(0.5)
+    assert post["families"][1]["auc_combined"] == pytest.approx(0.5)
+    assert post["met_by_combined"] is False and post["met_by"] == []
+    assert students["families"][0]["auc"]["m"] == 1.0 and students["unmeasured"] == ["extraction"]
+    assert students["met_by_combined"] is True and students["met_by"] == ["m"]
+    text = target_section(out, ["p90"], 2)
+    assert "prune at 0.500, 0.490 short" in text and "not judged (no test copy): extraction" in text
+    # Without the exclusion the 90 % pruning counts, and drags the family down.
+    assert target_metrics(table, combined, targets, [])[0]["families"][1]["auc"]["m"] == pytest.approx(0.25)
+
+
+def test_target_section_of_the_tiny_report(workspace: Path) -> None:
+    out = workspace / "reports/tiny"
+    metrics = json.loads((out / "metrics.json").read_text())
+    table = pd.read_csv(out / "matching_rates.csv")
+    test = table[(table["part"] == "test") & (table["method"] == "ipguard")]
+    families = set(test.loc[test["kind"] == "positive", "family"])
+    judged = {f: v for t in metrics["target"].values() for f, v in t["families"].items() if v["copies"]}
+    assert judged and set(judged) <= families
+    for family, v in judged.items():
+        pos = test[(test["kind"] == "positive") & (test["family"] == family)]["matching_rate"]
+        neg = test[test["kind"] == "negative"]["matching_rate"]
+        assert v["auc"]["ipguard"] == pytest.approx(((pos.values[:, None] > neg.values).mean()
+                                                     + 0.5 * (pos.values[:, None] == neg.values).mean()))
+    assert "## Target (test part)" in (out / "report.md").read_text()
+    index = build(workspace / "reports")
+    for name, t in metrics["target"].items():
+        assert f"| tiny | {name} (AUC >= {t['auc']:g}) |" in index

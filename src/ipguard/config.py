@@ -123,6 +123,15 @@ class BootstrapCfg:
 
 
 @dataclass
+class TargetCfg:
+    """A quality target: the AUC (test part) that each of ``families`` must reach."""
+
+    name: str = ""
+    auc: float = 1.0
+    families: list[str] = field(default_factory=list)
+
+
+@dataclass
 class EvaluateCfg:
     max_fpr: float = 0.01
     level: float = 0.01
@@ -130,6 +139,8 @@ class EvaluateCfg:
     split: SplitCfg = field(default_factory=SplitCfg)
     bootstrap: BootstrapCfg = field(default_factory=BootstrapCfg)
     combine: list[str] = field(default_factory=list)  # fingerprint entries given one combined verdict; []: none
+    target: list[TargetCfg] = field(default_factory=list)  # the report says which targets are met, and by how much not
+    target_exclude: list[str] = field(default_factory=list)  # copies no target covers (by name)
 
 
 @dataclass

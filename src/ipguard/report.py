@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ipguard.config import BootstrapCfg, SplitCfg
-from ipguard.evaluate import bootstrap_intervals, robustness, roc_curve, summarize, tpr_label, uniqueness
+from ipguard.config import BootstrapCfg, SplitCfg, TargetCfg
+from ipguard.evaluate import bootstrap_intervals, robustness, roc_auc, roc_curve, summarize, tpr_label, uniqueness
 from ipguard.stats import (
     Assessment,
     Calibration,
@@ -169,6 +169,95 @@ def combined_section(combined: Mapping[str, Any], methods: list[str], metrics: M
                      "combined >= best": (c.get("auc", float("nan")) >= singles[best]) if best else None})
     lines.append(md_table(rows))  # its verdict shares are the `combined` row of the verdicts table
     return "\n".join(lines)
+
+
+def target_metrics(table: pd.DataFrame, combined: pd.DataFrame | None, targets: list[TargetCfg],
+                   exclude: list[str]) -> list[dict[str, Any]]:
+    """Each target's families on the test part: the AUC of the combined verdict (score 1 - p) and
+    of every set alone, over the family's test copies (less those named in ``exclude``) against
+    every test negative, and which reach the target.
+
+    A family the experiment does not build is left out; one whose copies all lie in the dev part
+    is listed with no AUC (``unmeasured``), so a target is never called met on fewer families
+    than it names without saying so.
+    """
+    test = in_part(table, "test")
+    test = test[~test["suspect"].isin(list(exclude))]
+    built = set(table.loc[table["kind"] == "positive", "family"])
+    comb = None
+    if combined is not None and not combined.empty:
+        comb = in_part(combined, "test").assign(score=lambda d: 1.0 - d["p_value"].fillna(1.0))
+        comb = comb[~comb["suspect"].isin(list(exclude))]
+    methods = [str(m) for m in test["method"].unique()]
+    out = []
+    for t in targets:
+        families = []
+        for family in t.families:
+            if family not in built:
+                continue
+            entry: dict[str, Any] = {"family": family, "copies": 0, "auc": {}, "auc_combined": None}
+            for method in methods:
+                df = test[test["method"] == method]
+                pos, neg = split_kinds(df)
+                pos = pos[pos["family"] == family]
+                entry["copies"] = len(pos)
+                if len(pos) and len(neg):
+                    entry["auc"][method] = roc_auc(pos["matching_rate"], neg["matching_rate"])
+            if comb is not None and entry["copies"]:
+                pos, neg = split_kinds(comb)
+                pos = pos[pos["family"] == family]
+                if len(pos) and len(neg):
+                    entry["auc_combined"] = roc_auc(pos["score"], neg["score"])
+            families.append(entry)
+        measured = [f for f in families if f["copies"]]
+        out.append({
+            "name": t.name, "auc": t.auc, "families": families,
+            "unmeasured": [f["family"] for f in families if not f["copies"]],
+            "met_by_combined": (all(f["auc_combined"] is not None and f["auc_combined"] >= t.auc for f in measured)
+                                if measured and comb is not None else None),
+            "met_by": [m for m in methods if measured and all(f["auc"].get(m, -1.0) >= t.auc for f in measured)],
+        })
+    return out
+
+
+def target_section(targets: list[dict[str, Any]], exclude: list[str], negatives: int) -> str:
+    """Markdown: each target's families, the combined verdict's AUC and shortfall, the best set."""
+    lines = ["\n## Target (test part)\n",
+             f"The AUC each family must reach (`evaluate.target`), over its test copies"
+             + (f" (less {', '.join(exclude)})" if exclude else "")
+             + f" against the {negatives} test negatives; the combined verdict scores 1 - p. Short = the target "
+             "less the AUC, where the AUC falls below it. A family with no test copy cannot be judged here.\n"]
+    rows = []
+    for t in targets:
+        for f in t["families"]:
+            best = max(f["auc"], key=lambda m: f["auc"][m]) if f["auc"] else None
+            c = f["auc_combined"]
+            rows.append({"target": t["name"], "family": f["family"], "copies": f["copies"], "AUC target": t["auc"],
+                         "AUC combined": c, "short (combined)": max(0.0, t["auc"] - c) if c is not None else None,
+                         "best set": best, "AUC best set": f["auc"][best] if best else None,
+                         "sets at target": sum(v >= t["auc"] for v in f["auc"].values()) if f["auc"] else None})
+    lines.append(md_table(rows))
+    for t in targets:
+        measured = [f for f in t["families"] if f["copies"]]
+        said = f"- **{t['name']}** (AUC >= {t['auc']:g})"
+        if not t["families"]:
+            lines.append(f"{said}: this experiment builds no copy of its families; not judged.")
+            continue
+        if not measured:
+            lines.append(f"{said}: no family of it has a test copy; not judged.")
+            continue
+        if t["met_by_combined"]:
+            verdict = "met by the combined verdict"
+        elif t["met_by_combined"] is None:
+            verdict = "no combined verdict"
+        else:
+            worst = min((f for f in measured if f["auc_combined"] is not None), key=lambda f: f["auc_combined"], default=None)
+            verdict = ("not met by the combined verdict" + (f": {worst['family']} at {worst['auc_combined']:.3f}, "
+                       f"{t['auc'] - worst['auc_combined']:.3f} short" if worst else ""))
+        sets = ", ".join(t["met_by"]) if t["met_by"] else "none"
+        extra = f"; not judged (no test copy): {', '.join(t['unmeasured'])}" if t["unmeasured"] else ""
+        lines.append(f"{said}: {verdict}; sets alone that meet it in every family: {sets}{extra}.")
+    return "\n".join(lines) + "\n"
 
 
 def verdict_shares(verdicts: pd.DataFrame) -> dict[str, float]:
@@ -338,6 +427,7 @@ def markdown_report(
     level: float = 0.01,
     split: SplitCfg | None = None, bootstrap: BootstrapCfg | None = None,
     combined: Mapping[str, Any] | None = None, combined_methods: list[str] | None = None,
+    targets: list[dict[str, Any]] | None = None, target_exclude: list[str] | None = None,
 ) -> str:
     """The experiment's report: the dev/test parts, headline metrics with intervals, per-family
     metrics, verdict shares (test part), matching rates, p-values and accuracies of every
@@ -424,6 +514,8 @@ def markdown_report(
         parts.append(md_table(rows))
     if combined and combined_methods:
         parts.append(combined_section(combined, combined_methods, metrics, fpr_label))
+    if targets:
+        parts.append(target_section(targets, list(target_exclude or []), n_neg))
     parts.append(evasion_section(table, verdicts, level))
     parts.append("\n## Matching rate of every suspect\n")
     if "score" in table.columns and (table["score"].fillna("match") != "match").any():

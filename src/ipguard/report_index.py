@@ -65,6 +65,18 @@ def build(reports: Path) -> str:
         table = [{"method": m, **{exp: with_interval(data[exp].get(m, {}).get("overall", {}), metric) for exp in experiments}}
                  for m in methods]
         parts.append(md_table(table))
+    parts.append("\n## Targets (`evaluate.target`, test part): the combined verdict's worst family and the sets that meet them\n")
+    rows = []
+    for exp in experiments:
+        for name, t in metrics[exp].get("target", {}).items():
+            judged = {f: v for f, v in t["families"].items() if v["copies"] and v.get("auc_combined") is not None}
+            worst = min(judged, key=lambda f: judged[f]["auc_combined"]) if judged else None
+            rows.append({"experiment": exp, "target": f"{name} (AUC >= {t['auc']:g})",
+                         "combined": {True: "met", False: "not met", None: "–"}[t.get("met_by_combined")],
+                         "worst family (combined AUC)": f"{worst} ({judged[worst]['auc_combined']:.3f})" if worst else "–",
+                         "sets alone that meet it": ", ".join(t.get("met_by", [])) or "none",
+                         "not judged": (", ".join(t.get("unmeasured", [])) or "–") if t["families"] else "none built"})
+    parts.append(md_table(rows) if rows else "(no experiment's metrics.json has targets yet: rerun the evaluate stage)\n")
     parts.append("\n## Matching rates per suspect family (ipguard, test part)\n")
     rows = []
     for exp in experiments:

@@ -28,6 +28,7 @@ from ipguard.report import (
     method_metrics,
     plot_figures,
     plot_tables,
+    target_metrics,
     verdict_shares,
 )
 from ipguard.stages.common import calibrated_path, fingerprint_path, reports_dir, run_stage
@@ -38,6 +39,13 @@ def _csv(df: pd.DataFrame) -> str:
     buffer = io.StringIO()
     df.to_csv(buffer, index=False, float_format="%.6g", lineterminator="\n")
     return buffer.getvalue()
+
+
+def _keyed(targets: list[dict]) -> dict[str, dict]:
+    """Targets by name and their families by family: paths that `dvc metrics diff` can follow."""
+    return {t["name"]: {**{k: v for k, v in t.items() if k not in {"name", "families"}},
+                        "families": {f["family"]: {k: v for k, v in f.items() if k != "family"} for f in t["families"]}}
+            for t in targets}
 
 
 def evaluate(params: Params, key: str | None = None) -> None:
@@ -64,12 +72,13 @@ def evaluate(params: Params, key: str | None = None) -> None:
         metrics[method].update(verdict_shares(v))
         inputs, labels, outputs, meta = load_fingerprint_set(fingerprint_path(method))
         save_fingerprint_file(calibrated_path(method), inputs, labels, {**meta, "calibration": cal.to_dict()}, outputs=outputs)
-    combined = None
+    combined, rows = None, None
     if cfg.combine:
         # One verdict from several sets (issue 11): rows `combined` in verdicts.csv, its own metrics.
         rows = combined_verdicts(verdicts, list(cfg.combine), level)
         combined = {"methods": list(cfg.combine), **combined_metrics(rows, max_fpr, "test", cfg.bootstrap)}
         verdicts = pd.concat([verdicts, rows], ignore_index=True)
+    targets = target_metrics(table, rows, list(cfg.target), list(cfg.target_exclude))
     costs = {}
     for method in table["method"].unique():
         cost_file = fingerprint_path(method).with_suffix(".json")
@@ -80,13 +89,14 @@ def evaluate(params: Params, key: str | None = None) -> None:
              **{f"{part}_{kind}s": int(((info["part"] == part) & (info["kind"] == kind)).sum())
                 for part in ("dev", "test") for kind in ("positive", "negative")}}
     write_json(out / "metrics.json", {"max_fpr": max_fpr, "level": level, "split": split, "methods": metrics,
-                                      **({"combined": combined} if combined else {})})
+                                      **({"combined": combined} if combined else {}),
+                                      **({"target": _keyed(targets)} if targets else {})})
     # Seconds vary between runs, so the cost is kept apart from the (deterministic) metrics.
     write_json(out / "generation_cost.json", {m: c.get("stats", {}) for m, c in costs.items()})
     write_text(out / "verdicts.csv", _csv(verdicts))
     write_text(out / "report.md", markdown_report(table, metrics, costs, params.experiment.name, params.experiment.description,
                                                   max_fpr, verdicts, calibrations, level, cfg.split, cfg.bootstrap,
-                                                  combined, list(cfg.combine)))
+                                                  combined, list(cfg.combine), targets, list(cfg.target_exclude)))
     # Plots and figures are folders: rebuild them whole so that no stale file stays behind.
     for sub, tables in plot_tables(test).items():
         shutil.rmtree(out / "plots" / sub, ignore_errors=True)

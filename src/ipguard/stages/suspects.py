@@ -26,6 +26,11 @@ def check_evaluate(params: Params) -> None:
         raise ConfigError(f"evaluate.combine: '{unknown[0]}' is not a fingerprint entry (entries: {', '.join(params.fingerprint)})")
     if len(ev.combine) == 1 or len(set(ev.combine)) != len(ev.combine):
         raise ConfigError(f"evaluate.combine: name two or more different fingerprint entries (or none), got {list(ev.combine)}")
+    for i, t in enumerate(ev.target):
+        if not 0.0 < t.auc <= 1.0:
+            raise ConfigError(f"evaluate.target[{i}].auc: must lie in (0, 1], got {t.auc}")
+        if not t.families:
+            raise ConfigError(f"evaluate.target[{i}].families: name at least one family of post-processed copies")
 
 
 def suspect_parts(params: Params, suspects: list[tuple[str, str, str]]) -> dict[str, str]:
