@@ -182,33 +182,27 @@ def target_metrics(table: pd.DataFrame, combined: pd.DataFrame | None, targets: 
     than it names without saying so.
     """
     test = in_part(table, "test")
-    test = test[~test["suspect"].isin(list(exclude))]
+    test = test[~test["suspect"].isin(exclude)]
     built = set(table.loc[table["kind"] == "positive", "family"])
     comb = None
     if combined is not None and not combined.empty:
         comb = in_part(combined, "test").assign(score=lambda d: 1.0 - d["p_value"].fillna(1.0))
-        comb = comb[~comb["suspect"].isin(list(exclude))]
+        comb = comb[~comb["suspect"].isin(exclude)]
     methods = [str(m) for m in test["method"].unique()]
+
+    def family_auc(df: pd.DataFrame, family: str, score: str) -> float | None:
+        pos, neg = split_kinds(df)
+        pos = pos[pos["family"] == family]
+        return roc_auc(pos[score], neg[score]) if len(pos) and len(neg) else None
+
     out = []
     for t in targets:
         families = []
-        for family in t.families:
-            if family not in built:
-                continue
-            entry: dict[str, Any] = {"family": family, "copies": 0, "auc": {}, "auc_combined": None}
-            for method in methods:
-                df = test[test["method"] == method]
-                pos, neg = split_kinds(df)
-                pos = pos[pos["family"] == family]
-                entry["copies"] = len(pos)
-                if len(pos) and len(neg):
-                    entry["auc"][method] = roc_auc(pos["matching_rate"], neg["matching_rate"])
-            if comb is not None and entry["copies"]:
-                pos, neg = split_kinds(comb)
-                pos = pos[pos["family"] == family]
-                if len(pos) and len(neg):
-                    entry["auc_combined"] = roc_auc(pos["score"], neg["score"])
-            families.append(entry)
+        for family in (f for f in t.families if f in built):
+            copies = int(test.loc[(test["kind"] == "positive") & (test["family"] == family), "suspect"].nunique())
+            aucs = {m: family_auc(test[test["method"] == m], family, "matching_rate") for m in methods} if copies else {}
+            families.append({"family": family, "copies": copies, "auc": {m: v for m, v in aucs.items() if v is not None},
+                             "auc_combined": family_auc(comb, family, "score") if comb is not None and copies else None})
         measured = [f for f in families if f["copies"]]
         out.append({
             "name": t.name, "auc": t.auc, "families": families,
